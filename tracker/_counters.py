@@ -1,0 +1,61 @@
+"""Counters of what became of every tracked event, and the frozen snapshot stats() returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+# The fixed reasons. Dropped: never attempted to completion by our choice or the caller's.
+QUEUE_OVERFLOW = "queue_overflow"
+SHUTDOWN = "shutdown"
+DRY_RUN = "dry_run"
+DROP_REASONS = (QUEUE_OVERFLOW, SHUTDOWN, DRY_RUN)
+# Failed: PX said no, or kept failing until the retry budget ran out.
+REJECTED = "rejected"
+UNAUTHORIZED = "unauthorized"
+RETRIES_EXHAUSTED = "retries_exhausted"
+FAIL_REASONS = (REJECTED, UNAUTHORIZED, RETRIES_EXHAUSTED)
+
+
+@attrs.frozen(kw_only=True)
+class Stats:
+    """A consistent snapshot: ``tracked == delivered + failed + dropped + pending``."""
+
+    tracked: int
+    delivered: int
+    failed: int
+    dropped: int
+    pending: int
+    retries: int
+    rate_limited: int
+    failed_by_reason: Mapping[str, int]
+    dropped_by_reason: Mapping[str, int]
+
+
+class Counters:
+    """Running totals. Not thread-safe by itself: the buffer mutates and reads it under
+    its own lock, together with the queue, which is what keeps the invariant exact."""
+
+    __slots__ = ("delivered", "dropped", "failed", "rate_limited", "retries", "tracked")
+
+    def __init__(self) -> None:
+        self.tracked = 0
+        self.delivered = 0
+        self.retries = 0
+        self.rate_limited = 0
+        self.failed: dict[str, int] = dict.fromkeys(FAIL_REASONS, 0)
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+
+    def snapshot(self, pending: int) -> Stats:
+        return Stats(
+            tracked=self.tracked,
+            delivered=self.delivered,
+            failed=sum(self.failed.values()),
+            dropped=sum(self.dropped.values()),
+            pending=pending,
+            retries=self.retries,
+            rate_limited=self.rate_limited,
+            failed_by_reason=dict(self.failed),
+            dropped_by_reason=dict(self.dropped),
+        )

@@ -1,0 +1,173 @@
+"""One POST per event over a keep-alive requests pool, and what PX's answer means."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import re
+from email.utils import parsedate_to_datetime
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import attrs
+import requests
+from requests.adapters import HTTPAdapter
+
+from tracker._config import Config, is_loopback
+from tracker._event import CustomEvent
+
+logger = logging.getLogger("tracker")
+
+MAX_BODY = 64 * 1024  # read no more of any answer; PX's are a few hundred bytes
+MAX_MESSAGE = 300
+
+
+class Kind(enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # 408, 5xx but 501/505, connection errors, timeouts
+    RATE_LIMITED = "rate_limited"  # 429: pause every sender, then retry
+    UNAUTHORIZED = "unauthorized"  # 401, 403: permanent
+    REJECTED = "rejected"  # every other answer: permanent
+
+
+@attrs.frozen
+class Result:
+    kind: Kind
+    status_code: Optional[int] = None
+    message: Optional[str] = None
+    retry_after: Optional[float] = None  # seconds, from a 429's Retry-After, uncapped
+
+
+def classify(status: int) -> Kind:
+    if 200 <= status < 300:
+        return Kind.DELIVERED
+    if status == 429:
+        return Kind.RATE_LIMITED
+    if status == 408 or (500 <= status < 600 and status not in (501, 505)):
+        return Kind.RETRY
+    if status in (401, 403):
+        return Kind.UNAUTHORIZED
+    return Kind.REJECTED
+
+
+def parse_retry_after(value: Optional[str], now: float) -> Optional[float]:
+    """Seconds to wait from a Retry-After header (delay-seconds or HTTP-date), or None
+    when absent or unreadable. ``now`` is the wall-clock time, for dates."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:  # Python 3.9 returns None for some unparseable dates
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+_TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+_SPACE = re.compile(r"\s+")
+
+
+def server_message(body: bytes, secret: str) -> Optional[str]:
+    """A short, single-line explanation from an error body in any of PX's shapes."""
+    if not body:
+        return None
+    text = body.decode("utf-8", errors="replace")
+    message: Optional[str] = None
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("externalapierror")
+        if isinstance(error, dict):
+            parts = [str(error.get("message") or error.get("status") or "")]
+            for sub in error.get("subErrors") or ():
+                if isinstance(sub, dict) and sub.get("message"):
+                    parts.append(str(sub["message"]))
+            message = "; ".join(p for p in parts if p)
+        else:
+            for key in ("message", "error", "detail"):
+                if isinstance(data.get(key), str):
+                    message = data[key]
+                    break
+    if message is None:
+        message = _TAGS.sub(" ", text) if "<" in text else text
+    message = _SPACE.sub(" ", message).strip()
+    if secret:
+        message = message.replace(secret, "***")
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    return message or None
+
+
+def _describe(exc: BaseException) -> str:
+    # Exception texts from requests/urllib3 name the URL, never headers; keep them short.
+    text = _SPACE.sub(" ", str(exc)).strip()
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Transport:
+    """Sends one event per request; thread-safe; owns its own Session (one per process)."""
+
+    def __init__(self, config: Config, user_agent: str, pool_size: int) -> None:
+        self._endpoint = config.endpoint
+        self._timeout = (config.timeout, config.timeout)
+        self._secret = config.api_key
+        self._clock = config.clock
+        session = requests.Session()
+        session.headers.update(
+            {
+                "X-APTRINSIC-API-KEY": config.api_key,
+                "Content-Type": "application/json",
+                "User-Agent": user_agent,
+            }
+        )
+        # Retries are ours (with backoff and pacing), never urllib3's hidden ones.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        # Proxies from the environment apply to PX, but never to a loopback test server.
+        session.trust_env = not is_loopback(urlsplit(self._endpoint).hostname or "")
+        self._session = session
+
+    def send(self, event: CustomEvent) -> Result:
+        body = json.dumps(
+            event.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode("utf-8")
+        try:
+            with self._session.post(
+                self._endpoint,
+                data=body,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                status = response.status_code
+                answer = response.raw.read(MAX_BODY, decode_content=True) or b""
+                retry_after = response.headers.get("Retry-After")
+        except requests.RequestException as exc:
+            # Connection refused/reset/closed, timeouts, broken chunked bodies: the
+            # outcome is unknown or nothing was sent, so the request may be retried.
+            return Result(Kind.RETRY, None, _describe(exc))
+        kind = classify(status)
+        if kind is Kind.DELIVERED:
+            return Result(kind, status)
+        message = server_message(answer, self._secret)
+        if kind is Kind.RATE_LIMITED:
+            return Result(kind, status, message, parse_retry_after(retry_after, self._clock.time()))
+        return Result(kind, status, message)
+
+    def close(self) -> None:
+        self._session.close()
