@@ -72,6 +72,9 @@ class Buffer:
         self._ready: deque[CustomEvent] = deque()
         self._delayed: list[tuple[float, int, Job]] = []  # (due, tiebreak, job), a heap
         self._in_flight: set[Job] = set()
+        # Settled jobs whose callback is still running, and on which thread: flush() waits
+        # for those too, except on that very thread (a callback may call flush()).
+        self._reporting: dict[Job, int] = {}
         self._appended = 0  # events ever admitted: the seq of the next one
         self._taken = 0  # events ever removed from the front of _ready
         self._tiebreak = itertools.count()
@@ -81,11 +84,15 @@ class Buffer:
         self._flushing = 0
         self._accepting = True
         self._stopping = False
-        # Client-side pacing as a GCRA (virtual scheduling): a sustained rate, bursts of up
-        # to one second's worth. Each attempt reserves its slot; nobody polls a bucket.
+        # Client-side pacing as a GCRA (virtual scheduling): a sustained rate, bursts of
+        # 0.9 s worth. The 0.1 s held back absorbs the difference between when we send and
+        # when a server enforcing the same limit sees the request arrive (a first request
+        # that opens a connection is slower than the ones after it), which would otherwise
+        # cost a 429 at the end of every burst. Each attempt reserves its slot; nobody
+        # polls a bucket.
         rate = config.rate_limit
         self._interval = 0.0 if rate is None else 1.0 / rate
-        self._tolerance = 0.0 if rate is None else max(0.0, rate - 1.0) * self._interval
+        self._tolerance = 0.0 if rate is None else max(0.0, 0.9 * rate - 1.0) * self._interval
         self._tat = 0.0
         self._paused_until = 0.0
 
@@ -203,9 +210,10 @@ class Buffer:
         as everything admitted before the mark is settled, by whichever thread.
         """
         clock = self._clock
+        me = threading.get_ident()
         with self._lock:
             while not self._stopping:
-                if mark is not None and self._settled_below(mark):
+                if mark is not None and self._settled_below(mark, me):
                     return None
                 now = clock.monotonic()
                 delayed = self._delayed
@@ -311,10 +319,14 @@ class Buffer:
     def paused_until(self) -> float:
         return self._paused_until
 
-    def settle(self, job: Job, *, failed_reason: Optional[str] = None) -> bool:
+    def settle(
+        self, job: Job, *, failed_reason: Optional[str] = None, report: bool = False
+    ) -> bool:
         """The job's final outcome: delivered, or failed for ``failed_reason``.
 
         False when the job had already been abandoned (then it is not counted again).
+        With ``report``, flush() keeps waiting for the job until ``reported(job)``: the
+        caller runs its callback in between.
         """
         with self._lock:
             if job not in self._in_flight:
@@ -324,8 +336,17 @@ class Buffer:
                 self._counters.delivered += 1
             else:
                 self._counters.failed[failed_reason] += 1
+            if report:
+                self._reporting[job] = threading.get_ident()
             self._after_settle()
             return True
+
+    def reported(self, job: Job) -> None:
+        """The callback for a settled job has returned."""
+        with self._lock:
+            del self._reporting[job]
+            if self._flushing:
+                self._settled.notify_all()
 
     def _after_settle(self) -> None:
         if self._blocked:
@@ -342,20 +363,23 @@ class Buffer:
 
     def settled_below(self, mark: int) -> bool:
         with self._lock:
-            return self._settled_below(mark)
+            return self._settled_below(mark, threading.get_ident())
 
-    def _settled_below(self, mark: int) -> bool:
+    def _settled_below(self, mark: int, me: int) -> bool:
         if self._taken < mark:
             return False
         if any(job.seq < mark for job in self._in_flight):
             return False
-        return not any(entry[2].seq < mark for entry in self._delayed)
+        if any(entry[2].seq < mark for entry in self._delayed):
+            return False
+        return not any(job.seq < mark and thread != me for job, thread in self._reporting.items())
 
     def wait_settled(self, mark: int, deadline: Optional[float]) -> bool:
         """Wait until every event admitted before ``mark`` is settled; False at deadline."""
         clock = self._clock
+        me = threading.get_ident()
         with self._lock:
-            while not self._settled_below(mark):
+            while not self._settled_below(mark, me):
                 left = None if deadline is None else deadline - clock.monotonic()
                 if left is not None and left <= 0:
                     return False

@@ -124,8 +124,14 @@ class Sender:
         result = self._transport.send(job.event)
         kind = result.kind
         if kind is Kind.DELIVERED:
-            if buffer.settle(job) and self._on_success is not None:
-                call_guarded("on_success", self._on_success, job.event)
+            on_success = self._on_success
+            if on_success is None:
+                buffer.settle(job)
+            elif buffer.settle(job, report=True):
+                try:
+                    call_guarded("on_success", on_success, job.event)
+                finally:
+                    buffer.reported(job)
             return None
         job.last_status = result.status_code
         job.last_message = result.message
@@ -154,7 +160,8 @@ class Sender:
         return None
 
     def fail(self, job: Job, reason: str) -> None:
-        if not self._buffer.settle(job, failed_reason=reason):
+        on_error = self._on_error
+        if not self._buffer.settle(job, failed_reason=reason, report=on_error is not None):
             return
         error = DeliveryError(
             reason,
@@ -164,8 +171,11 @@ class Sender:
             attempts=job.attempts,
         )
         logger.warning("%s", error)
-        if self._on_error is not None:
-            call_guarded("on_error", self._on_error, job.event, error)
+        if on_error is not None:
+            try:
+                call_guarded("on_error", on_error, job.event, error)
+            finally:
+                self._buffer.reported(job)
 
     def run(self, job: Job) -> None:
         """Attempt ``job``; a retry goes back to the buffer's heap, so it stalls nobody."""

@@ -16,6 +16,7 @@ import json
 import math
 import random
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -82,6 +83,7 @@ class RecordedRequest:
     answered_at: float
     status: Optional[int]
     raw_body: bytes = attrs.field(repr=False, default=b"")
+    client_port: int = 0  # the client's source port: one per keep-alive connection
 
 
 @attrs.define
@@ -115,6 +117,13 @@ class _Server(ThreadingHTTPServer):
         with self.sockets_lock:
             self.open_sockets.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that went away mid-answer is normal for a test server; anything
+        # else is a FakePX bug worth seeing.
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def close_all_connections(self) -> None:
         with self.sockets_lock:
@@ -166,6 +175,8 @@ class FakePX:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._rng = random.Random(seed)
+        self._tokens = 0.0
+        self._refilled = time.monotonic()
         self._host = host
         self._port = port
         self.api_key = api_key
@@ -179,8 +190,6 @@ class FakePX:
         self._events: list[dict[str, Any]] = []
         self._requests: list[RecordedRequest] = []
         self._script: deque[_Scripted] = deque()
-        self._tokens = 0.0
-        self._refilled = time.monotonic()
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -380,7 +389,15 @@ class FakePX:
         parsed = _parse(raw)
         with self._lock:
             record = RecordedRequest(
-                method, path, headers, parsed, arrived, time.monotonic(), status, raw
+                method,
+                path,
+                headers,
+                parsed,
+                arrived,
+                time.monotonic(),
+                status,
+                raw,
+                handler.client_address[1],
             )
             self._requests.append(record)
             if status is not None and 200 <= status < 300 and isinstance(parsed, dict):
