@@ -100,7 +100,7 @@ class TestEnvironment:
             tracker.shutdown(0)
 
     def test_no_api_key_anywhere_is_a_config_error(self) -> None:
-        with pytest.raises(ConfigError, match="'api_key' is required.*PX_API_KEY"):
+        with pytest.raises(ConfigError, match=r"'api_key' is required.*PX_API_KEY"):
             build({})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import pickle
+import random
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -156,8 +157,6 @@ class TestEventId:
             assert uuid.UUID(str(event_id)).version == 4
 
     def test_ids_do_not_depend_on_the_global_random_seed(self, dry: Tracker) -> None:
-        import random
-
         random.seed(7)
         first = dry.track("u1", "e")
         random.seed(7)

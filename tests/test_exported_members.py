@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import tracker
 import tracker.errors
 import tracker.testing
@@ -51,6 +53,4 @@ def test_testing_kit_exports() -> None:
 
 
 def test_version_comes_from_package_metadata() -> None:
-    from importlib.metadata import version
-
     assert tracker.__version__ == version("px-tracker")

@@ -192,6 +192,9 @@ class FakePX:
         self._script: deque[_Scripted] = deque()
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
+        self._open = threading.Event()
+        self._open.set()
+        self._in_progress = 0
 
     # -- faults, changeable while running ---------------------------------------------------
 
@@ -222,7 +225,22 @@ class FakePX:
         with self._lock:
             self._script.append(_Scripted(status, dict(headers or {}), body, times))
 
+    def hold(self) -> None:
+        """Stall: requests that arrive from now on wait, unanswered, until ``release()``
+        (or ``stop()``). For "PX hangs" scenarios and for keeping events in flight."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Let held requests (and later ones) be answered."""
+        self._open.set()
+
     # -- what arrived ---------------------------------------------------------------------
+
+    @property
+    def in_progress(self) -> int:
+        """Requests that arrived and are not answered yet (held or delayed)."""
+        with self._lock:
+            return self._in_progress
 
     @property
     def url(self) -> str:
@@ -302,6 +320,7 @@ class FakePX:
         server, self._server = self._server, None
         if server is None:
             return
+        self._open.set()
         server.shutdown()
         server.close_all_connections()
         server.server_close()
@@ -383,11 +402,15 @@ class FakePX:
         path = urlsplit(handler.path).path
         method = handler.command
         with self._lock:
+            self._in_progress += 1
+        self._open.wait()
+        with self._lock:
             status, extra, body, latency = self._decide(method, path, headers, raw, arrived)
         if latency > 0:
             time.sleep(latency)
         parsed = _parse(raw)
         with self._lock:
+            self._in_progress -= 1
             record = RecordedRequest(
                 method,
                 path,
