@@ -172,3 +172,27 @@ print(json.dumps({{"parent": parent_ids, "child": child}}))
         for event_id in report["parent"] + child["ids"]:
             assert ids.count(event_id) == 1, event_id
         assert len(ids) == 8
+
+
+class TestThreadsRefused:
+    def test_the_exiting_thread_sends_the_queue_itself(self, fake_px: FakePX) -> None:
+        # What Python 3.12+ does to a thread started during interpreter shutdown, here
+        # imposed from the start: the tracker must still deliver at exit.
+        done, _ = run_child(
+            PRELUDE
+            + f"""
+import threading
+def refuse(self):
+    raise RuntimeError("can't create new thread at interpreter shutdown")
+threading.Thread.start = refuse
+t = tracker_for({fake_px.url!r}, workers=4)
+for i in range(20):
+    t.track("u", f"inline-{{i}}")
+print(t.stats().pending)
+"""
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "20"  # nothing could be sent before exit
+        assert sorted(e["eventName"] for e in fake_px.events) == sorted(
+            f"inline-{i}" for i in range(20)
+        )

@@ -534,3 +534,31 @@ class TestLogging:
         handlers = logging.getLogger("tracker").handlers
         assert all(isinstance(h, logging.NullHandler) for h in handlers)
         assert logging.getLogger("tracker").level == logging.NOTSET
+
+
+class TestNoSelfDeadlock:
+    def test_a_callback_tracking_into_a_full_blocking_queue_does_not_hang(
+        self, fake_px: FakePX, make_tracker: MakeTracker
+    ) -> None:
+        holder: dict[str, Tracker] = {}
+        raised: list[str] = []
+
+        def on_success(event: Any) -> None:
+            if event.event_name != "first":
+                return
+            for i in range(5):
+                try:
+                    holder["t"].track("u", f"follow-{i}")
+                except QueueFullError as exc:
+                    raised.append(str(exc))
+
+        holder["t"] = tracker = make_tracker(
+            fake_px.url, workers=1, max_queue_size=2, overflow="block", on_success=on_success
+        )
+        tracker.track("u", "first")
+        assert tracker.flush(timeout=15)
+        assert raised  # the worker could not wait for itself: it got the exception instead
+        assert "cannot wait" in raised[0]
+        stats = tracker.stats()
+        assert stats.dropped_by_reason["queue_overflow"] == len(raised)
+        assert invariant_holds(stats)

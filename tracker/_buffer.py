@@ -11,7 +11,7 @@ import heapq
 import itertools
 import threading
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 import attrs
 
@@ -84,6 +84,9 @@ class Buffer:
         self._flushing = 0
         self._accepting = True
         self._stopping = False
+        # Set by the Tracker: False on a thread that must never wait for room (a worker
+        # running a callback would wait for itself).
+        self.may_block: Callable[[], bool] = lambda: True
         # Client-side pacing as a GCRA (virtual scheduling): a sustained rate, bursts of
         # 0.9 s worth. The 0.1 s held back absorbs the difference between when we send and
         # when a server enforcing the same limit sees the request arrive (a first request
@@ -157,6 +160,12 @@ class Buffer:
             counters.dropped[SHUTDOWN] += 1
             return False, Dropped(event, SHUTDOWN)
         policy = self._overflow
+        if policy is OverflowPolicy.BLOCK and not self.may_block():
+            counters.dropped[QUEUE_OVERFLOW] += 1
+            raise QueueFullError(
+                f"queue full: {self._max} events pending, and a sender thread cannot wait "
+                f"for room it would have to make itself (overflow='block')"
+            )
         if policy is OverflowPolicy.BLOCK:
             clock = self._clock
             timeout = self._block_timeout

@@ -121,6 +121,7 @@ class Tracker:
         self._transport = Transport(config, USER_AGENT, config.workers + 2)
         self._sender = Sender(config, self._buffer, self._transport)
         self._pool = WorkerPool(self._buffer, self._sender, config.workers)
+        self._buffer.may_block = self._pool.not_on_worker_thread
         self._pid = os.getpid()
         self._ready_pid = 0  # == os.getpid() once this process may track
         if self._closed:

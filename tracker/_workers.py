@@ -255,6 +255,9 @@ class WorkerPool:
     def owns_current_thread(self) -> bool:
         return getattr(_local, "pool", None) is self
 
+    def not_on_worker_thread(self) -> bool:
+        return getattr(_local, "pool", None) is not self
+
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds (real time) for the threads to end; True when
         all have. A thread stuck in a request is left to die with the process."""
