@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from importlib import metadata
 from types import TracebackType
 from typing import Any, Optional, Union
@@ -153,7 +154,7 @@ class Tracker:
         identify_id: Union[str, int],
         event_name: str,
         *,
-        attributes: Optional[dict[str, Any]] = None,
+        attributes: Optional[Mapping[str, Any]] = None,
         user_type: Union[UserType, str] = "USER",
         account_id: Optional[str] = None,
         property_key: Optional[str] = None,
@@ -161,7 +162,7 @@ class Tracker:
         event_id: Optional[str] = None,
         session_id: Optional[str] = None,
         event_type: Optional[str] = None,
-        global_context: Optional[dict[str, Any]] = None,
+        global_context: Optional[Mapping[str, Any]] = None,
         url: Optional[str] = None,
         referrer: Optional[str] = None,
         remote_host: Optional[str] = None,
