@@ -13,6 +13,7 @@ import pytest
 import tracker as tracker_module
 import tracker._tracker as core
 from tracker import (
+    Clock,
     ConfigError,
     DeliveryError,
     QueueFullError,
@@ -148,6 +149,27 @@ class TestOverflow:
             tracker.track("u", "later")
         assert 0.15 <= time.monotonic() - started < 5
         assert tracker.stats().dropped_by_reason["queue_overflow"] == 1
+        fake_px.release()
+
+    def test_an_interrupted_blocked_track_still_ends_counted(
+        self, fake_px: FakePX, make_tracker: MakeTracker
+    ) -> None:
+        caller = threading.current_thread()
+
+        class InterruptingClock(Clock):
+            def wait(self, cond: threading.Condition, timeout: float | None) -> None:
+                if threading.current_thread() is caller:
+                    raise KeyboardInterrupt  # Ctrl-C while waiting for room
+                super().wait(cond, timeout)
+
+        tracker = held_tracker(
+            fake_px, make_tracker, max_queue_size=1, overflow="block", clock=InterruptingClock()
+        )
+        with pytest.raises(KeyboardInterrupt):
+            tracker.track("u", "interrupted")
+        stats = tracker.stats()
+        assert (stats.tracked, stats.dropped_by_reason["queue_overflow"]) == (2, 1)
+        assert invariant_holds(stats)
         fake_px.release()
 
     def test_shutdown_releases_a_blocked_producer(

@@ -170,15 +170,21 @@ class Buffer:
             clock = self._clock
             timeout = self._block_timeout
             deadline = None if timeout is None else clock.monotonic() + timeout
-            while self._accepting and self._pending() >= self._max:
-                left = None if deadline is None else deadline - clock.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._blocked += 1
-                try:
-                    clock.wait(self._room, left)
-                finally:
-                    self._blocked -= 1
+            try:
+                while self._accepting and self._pending() >= self._max:
+                    left = None if deadline is None else deadline - clock.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._blocked += 1
+                    try:
+                        clock.wait(self._room, left)
+                    finally:
+                        self._blocked -= 1
+            except BaseException:
+                # Interrupted while waiting (KeyboardInterrupt, say): the event was counted
+                # as tracked, so it must end somewhere.
+                counters.dropped[QUEUE_OVERFLOW] += 1
+                raise
             if not self._accepting:
                 counters.dropped[SHUTDOWN] += 1
                 return False, Dropped(event, SHUTDOWN)
