@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import attrs
@@ -59,6 +59,15 @@ class RetryPolicy:
     backoff_max: float
     max_retry_after: float
     default_retry_after: float
+    # The un-jittered waits before retry 1, 2, ... max_retries: backoff's expo schedule,
+    # computed once rather than kept as a generator in every retrying event.
+    waits: tuple[float, ...] = attrs.field(init=False)
+
+    @waits.default
+    def _schedule(self) -> tuple[float, ...]:
+        expo = backoff.expo(base=2, factor=self.backoff_base, max_value=self.backoff_max)
+        next(expo)  # backoff's generators are primed with a first, empty next()
+        return tuple(itertools.islice(expo, self.max_retries))
 
     @classmethod
     def from_config(cls, config: Config) -> RetryPolicy:
@@ -77,13 +86,9 @@ class RetryPolicy:
             return self.default_retry_after
         return min(retry_after, self.max_retry_after)
 
-    def backoff(self, job: Job) -> float:
-        if job.backoff is None:
-            waits = backoff.expo(base=2, factor=self.backoff_base, max_value=self.backoff_max)
-            next(waits)  # backoff's generators are primed with a first, empty next()
-            job.backoff = waits
-        waits_: Iterator[float] = job.backoff  # type: ignore[assignment]
-        return backoff.full_jitter(next(waits_))
+    def backoff(self, failures: int) -> float:
+        """The fully jittered wait before the retry after ``failures`` failures (>= 1)."""
+        return backoff.full_jitter(self.waits[failures - 1])
 
     def next_delay(self, job: Job, kind: Kind, pause: float, now: float) -> Optional[float]:
         """Seconds until the job's next attempt, or None when it must not be retried."""
@@ -93,7 +98,7 @@ class RetryPolicy:
             job.failures += 1
             if job.failures > self.max_retries:
                 return None
-            delay = self.backoff(job)
+            delay = self.backoff(job.failures)
         if now + delay - job.first_attempt > self.max_retry_time:
             return None
         return delay
