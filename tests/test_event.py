@@ -333,6 +333,44 @@ class TestCustomEvent:
             "eventName": "e",
         }
 
+    def test_track_builds_the_same_event_as_the_constructor(self, fake_px: FakePX) -> None:
+        seen: list[CustomEvent] = []
+        with Tracker(API_KEY, base_url=fake_px.url, on_success=seen.append) as tracker:
+            tracker.track(
+                "u1",
+                "e",
+                attributes={"a": 1},
+                user_type="LEAD",
+                account_id="acc",
+                property_key="AP-9",
+                date=7,
+                event_id="id-7",
+                session_id="s",
+                event_type="t",
+                global_context={"g": True},
+                url="https://x.example",
+                referrer="https://r.example",
+                remote_host="10.0.0.1",
+            )
+        (event,) = seen
+        assert event == CustomEvent(
+            identify_id="u1",
+            event_name="e",
+            property_key="AP-9",
+            user_type="LEAD",
+            date=7,
+            event_id="id-7",
+            attributes={"a": 1},
+            account_id="acc",
+            session_id="s",
+            event_type="t",
+            global_context={"g": True},
+            url="https://x.example",
+            referrer="https://r.example",
+            remote_host="10.0.0.1",
+        )
+        assert "identify_id='u1'" in repr(event)
+
     def test_validation_error_pickles_with_its_field(self) -> None:
         error = ValidationError("attributes['x']", "must be finite")
         copy = pickle.loads(pickle.dumps(error))
