@@ -68,6 +68,28 @@ class TestRequest:
         assert [r.status for r in fake_px.requests] == [503, 503, 201]
 
 
+class TestEnvironmentSettings:
+    def test_a_proxy_from_the_environment_carries_the_requests(
+        self, fake_px: FakePX, make_tracker: MakeTracker, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # FakePX reads the absolute-form request line a plain-http proxy receives, so it
+        # can stand in for the proxy of a (non-loopback, unreachable) PX host.
+        monkeypatch.setenv("HTTP_PROXY", fake_px.url)
+        tracker = make_tracker("http://px.invalid", allow_insecure_http=True)
+        event_id = tracker.track("u1", "via-proxy")
+        assert tracker.flush(10)
+        assert fake_px.event_ids() == [event_id]
+
+    def test_no_proxy_is_used_for_a_loopback_server(
+        self, fake_px: FakePX, make_tracker: MakeTracker, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+        tracker = make_tracker(fake_px.url)
+        tracker.track("u1", "direct")
+        assert tracker.flush(10)
+        assert len(fake_px.events) == 1
+
+
 class TestAnswers:
     @pytest.mark.parametrize("status", [200, 201, 202, 204])
     def test_2xx_is_delivered(
