@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from tracker._config import Config, is_loopback
@@ -168,8 +169,16 @@ class Transport:
         try:
             with self._session.send(request, **self._options) as response:
                 status = response.status_code
-                answer = response.raw.read(MAX_BODY, decode_content=True) or b""
                 retry_after = response.headers.get("Retry-After")
+                try:
+                    answer = response.raw.read(MAX_BODY, decode_content=True) or b""
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    # The status came, the body broke off (read timeout, closed, bad
+                    # encoding): a 2xx is PX's word; anything else is retried like a
+                    # connection error.
+                    if 200 <= status < 300:
+                        return Result(Kind.DELIVERED, status)
+                    return Result(Kind.RETRY, status, _describe(exc))
         except requests.RequestException as exc:
             # Connection refused/reset/closed, timeouts, broken chunked bodies: the
             # outcome is unknown or nothing was sent, so the request may be retried.
