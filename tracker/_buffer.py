@@ -397,6 +397,10 @@ class Buffer:
             return False
         if any(entry[2].seq < mark for entry in self._delayed):
             return False
+        if me in self._reporting.values():
+            # flush() from inside a callback: waiting for another thread's callback could
+            # wait for one that is waiting for us.
+            return True
         return not any(job.seq < mark and thread != me for job, thread in self._reporting.items())
 
     def wait_settled(self, mark: int, deadline: Optional[float]) -> bool:

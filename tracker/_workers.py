@@ -41,6 +41,27 @@ def call_guarded(name: str, callback: Callable[..., object], *args: Any) -> None
         _local.depth = depth
 
 
+def report(
+    name: str, callback: Callable[..., object], args: tuple[Any, ...], done: Callable[[], None]
+) -> None:
+    """Run a delivery callback, then ``done()``. Inside another delivery callback on this
+    thread (whose flush() drains the queue here), run it once that callback returned."""
+    pending: Optional[list[Any]] = getattr(_local, "deferred", None)
+    if pending is not None:
+        pending.append((name, callback, args, done))
+        return
+    _local.deferred = pending = [(name, callback, args, done)]
+    try:
+        while pending:
+            name_, callback_, args_, done_ = pending.pop(0)
+            try:
+                call_guarded(name_, callback_, *args_)
+            finally:
+                done_()
+    finally:
+        _local.deferred = None
+
+
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
     """When to try an event again, as a value (compare urllib3's Retry).
@@ -133,10 +154,7 @@ class Sender:
             if on_success is None:
                 buffer.settle(job)
             elif buffer.settle(job, report=True):
-                try:
-                    call_guarded("on_success", on_success, job.event)
-                finally:
-                    buffer.reported(job)
+                report("on_success", on_success, (job.event,), lambda: buffer.reported(job))
             return None
         job.last_status = result.status_code
         job.last_message = result.message
@@ -177,10 +195,8 @@ class Sender:
         )
         logger.warning("%s", error)
         if on_error is not None:
-            try:
-                call_guarded("on_error", on_error, job.event, error)
-            finally:
-                self._buffer.reported(job)
+            buffer = self._buffer
+            report("on_error", on_error, (job.event, error), lambda: buffer.reported(job))
 
     def run(self, job: Job) -> None:
         """Attempt ``job``; a retry goes back to the buffer's heap, so it stalls nobody."""
