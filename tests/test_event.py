@@ -86,7 +86,12 @@ class TestRequiredFields:
 
     @pytest.mark.parametrize(
         ("given", "wire"),
-        [(UserType.LEAD, "LEAD"), ("VISITOR", "VISITOR"), ("empty_user_type", "EMPTY_USER_TYPE")],
+        [
+            (UserType.LEAD, "LEAD"),
+            ("VISITOR", "VISITOR"),
+            ("empty_user_type", "EMPTY_USER_TYPE"),
+            ("Lead", "LEAD"),
+        ],
     )
     def test_user_type_accepts_enum_and_strings(
         self, sent: Callable[..., Any], given: Any, wire: str

@@ -23,6 +23,8 @@ MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_NAME = 1024
 MAX_NESTING = 32
 _INT64 = 2**63
+# json refuses ints of more than sys.get_int_max_str_digits() (4300) decimal digits.
+_MAX_INT_BITS = 14_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
@@ -38,7 +40,7 @@ class UserType(str, enum.Enum):
 
 
 # Plain strings, UserType members (equal and equally hashed) and lower-case spellings
-# all map to the canonical wire value in one dict lookup.
+# map to the canonical wire value in one dict lookup; other spellings after upper().
 _USER_TYPES: dict[str, str] = {}
 for _member in UserType:
     _USER_TYPES[_member.value] = _member.value
@@ -117,14 +119,26 @@ def _show(value: object) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def _utf8(field: str, value: str) -> str:
+    """``value``, unless it holds lone surrogates (no UTF-8, so no JSON body, has them)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(field, "contains lone surrogates: not valid text") from None
+    return value
+
+
 def _required_text(field: str, value: object) -> str:
     if type(value) is str:
         if value and not value.isspace():
-            return value
+            return _utf8(field, value)
         raise ValidationError(field, f"must be a non-empty string (got {value!r})")
     if value is None:
         raise ValidationError(field, "is required (got None)")
     if isinstance(value, int) and not isinstance(value, bool) and field == "identify_id":
+        if value.bit_length() > _MAX_INT_BITS:
+            raise ValidationError(field, "is too large an integer")
         return str(value)
     if isinstance(value, str):
         return _required_text(field, str(value))
@@ -152,14 +166,21 @@ def _iso_utc(path: str, value: datetime) -> str:
         raise ValidationError(
             path, f"datetimes must be timezone-aware; naive ones are ambiguous (got {value!r})"
         )
-    text = value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    try:
+        text = value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    except OverflowError:
+        raise ValidationError(path, f"is out of datetime's range in UTC (got {value!r})") from None
     return text[:-6] + "Z"  # "+00:00" -> "Z"
 
 
 def _plain(path: str, value: Any, seen: set[int], depth: int) -> Any:
     """``value`` as plain JSON data (str/int/float/bool/None/dict/list), or ValidationError."""
     kind = type(value)
-    if value is None or kind is str or kind is bool or kind is int:
+    if kind is str:
+        return _utf8(path, value)
+    if kind is int and value.bit_length() > _MAX_INT_BITS:
+        raise ValidationError(path, "is too large an integer for JSON")
+    if value is None or kind is bool or kind is int:
         return value
     if kind is float:
         if math.isfinite(value):
@@ -172,7 +193,7 @@ def _plain(path: str, value: Any, seen: set[int], depth: int) -> Any:
     if isinstance(value, Date):
         return value.isoformat()
     if isinstance(value, Decimal):
-        if value.is_finite():
+        if value.is_finite() and math.isfinite(float(value)):
             return float(value)
         raise ValidationError(path, f"must be a finite number; JSON has no {value!r}")
     if isinstance(value, UUID):
@@ -199,6 +220,7 @@ def _plain(path: str, value: Any, seen: set[int], depth: int) -> Any:
                         raise ValidationError(
                             f"{path}[{key!r}]", f"names must be strings (got {_show(key)})"
                         )
+                    _utf8(path, key)
                     out[key] = _plain(f"{path}[{key!r}]", item, seen, depth + 1)
                 return out
             return [_plain(f"{path}[{i}]", item, seen, depth + 1) for i, item in enumerate(value)]
@@ -243,12 +265,15 @@ def clean_mapping(field: str, mapping: object, limit: Optional[int]) -> Optional
                     f"names must be at most {MAX_ATTRIBUTE_NAME} characters (got {len(key)})",
                 )
             key = str(key)
+        if not key.isascii():
+            _utf8(field, key)
         kind = type(value)
-        if (
+        if kind is str:
+            out[key] = value if value.isascii() else _utf8(f"{field}[{key!r}]", value)
+        elif (
             value is None
-            or kind is str
             or kind is bool
-            or kind is int
+            or (kind is int and value.bit_length() <= _MAX_INT_BITS)
             or (kind is float and math.isfinite(value))
         ):
             out[key] = value
@@ -281,11 +306,16 @@ def make_event(
     """
     # The common case (plain non-blank strings) is checked inline: a function call per
     # field is a measurable share of a call that should cost a few microseconds.
-    if type(identify_id) is str and identify_id and not identify_id.isspace():
+    if (
+        type(identify_id) is str
+        and identify_id.isascii()
+        and identify_id
+        and not identify_id.isspace()
+    ):
         identify = identify_id
     else:
         identify = _required_text("identify_id", identify_id)
-    if type(event_name) is str and event_name and not event_name.isspace():
+    if type(event_name) is str and event_name.isascii() and event_name and not event_name.isspace():
         name = event_name
     else:
         name = _required_text("event_name", event_name)
@@ -293,7 +323,9 @@ def make_event(
         raise ValidationError(
             "event_name", f"must be at most {MAX_EVENT_NAME} characters (got {len(name)})"
         )
-    wire_user_type = _USER_TYPES.get(user_type) if isinstance(user_type, str) else None
+    wire_user_type = None
+    if isinstance(user_type, str):
+        wire_user_type = _USER_TYPES.get(user_type) or _USER_TYPES.get(user_type.upper())
     if wire_user_type is None:
         raise ValidationError(
             "user_type",
