@@ -17,7 +17,8 @@ PRODUCT_KEY = "AP-TEST-1"
 # Never let a developer's proxy settings route loopback test traffic.
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
     os.environ.pop(_var, None)
-for _var in [v for v in os.environ if v.startswith("PX_")]:
+# Nor a developer's PX_* configuration (PX_SLOW selects the long test variants).
+for _var in [v for v in os.environ if v.startswith("PX_") and v != "PX_SLOW"]:
     os.environ.pop(_var)
 
 
