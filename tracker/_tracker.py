@@ -19,7 +19,7 @@ import requests
 from tracker._buffer import Buffer, Dropped
 from tracker._clock import Clock
 from tracker._config import UNSET, Config, ErrorCallback, OverflowPolicy, SuccessCallback, _Unset
-from tracker._counters import QUEUE_OVERFLOW, Stats
+from tracker._counters import QUEUE_OVERFLOW, SHUTDOWN, Stats
 from tracker._event import CustomEvent, UserType, make_event
 from tracker._transport import Transport
 from tracker._workers import Sender, WorkerPool, call_guarded
@@ -103,7 +103,6 @@ class Tracker:
         self._product_key = config.product_key
         self._now_ms = config.clock.time_ms
         self._on_error = config.on_error
-        self._on_success = config.on_success
         self._background = config.send and not config.sync_mode
         self._closed = False
         self._last_drop_log = -1e9
@@ -256,7 +255,7 @@ class Tracker:
         self._deadline("timeout", timeout)
         with self._lifecycle:
             if self._pid != os.getpid():
-                self._prepare()
+                self._build()  # forked without our hook: shut down the child's own state
             if self._closed:
                 return True
             self._closed = True
@@ -272,7 +271,7 @@ class Tracker:
                 )
                 if self._on_error is not None:
                     for event in abandoned:
-                        error = DeliveryError("shutdown", event.event_id)
+                        error = DeliveryError(SHUTDOWN, event.event_id)
                         call_guarded("on_error", self._on_error, event, error)
             if self._pool.join(0.5):
                 self._transport.close()

@@ -6,6 +6,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Optional
 
 import attrs
@@ -46,14 +47,14 @@ def report(
 ) -> None:
     """Run a delivery callback, then ``done()``. Inside another delivery callback on this
     thread (whose flush() drains the queue here), run it once that callback returned."""
-    pending: Optional[list[Any]] = getattr(_local, "deferred", None)
+    pending: Optional[deque[Any]] = getattr(_local, "deferred", None)
     if pending is not None:
         pending.append((name, callback, args, done))
         return
-    _local.deferred = pending = [(name, callback, args, done)]
+    _local.deferred = pending = deque([(name, callback, args, done)])
     try:
         while pending:
-            name_, callback_, args_, done_ = pending.pop(0)
+            name_, callback_, args_, done_ = pending.popleft()
             try:
                 call_guarded(name_, callback_, *args_)
             finally:
@@ -198,29 +199,26 @@ class Sender:
             buffer = self._buffer
             report("on_error", on_error, (job.event, error), lambda: buffer.reported(job))
 
-    def run(self, job: Job) -> None:
-        """Attempt ``job``; a retry goes back to the buffer's heap, so it stalls nobody."""
+    def _attempt_guarded(self, job: Job) -> Optional[float]:
+        """``attempt``, where a bug of ours costs one event (reported), never the thread."""
         try:
-            delay = self.attempt(job)
+            return self.attempt(job)
         except Exception as exc:
-            # A bug of ours must cost one event (reported), never the thread.
             logger.exception("unexpected error sending event %s", job.event.event_id)
             job.last_message = f"internal error: {type(exc).__name__}"
             self.fail(job, REJECTED)
-            return
+            return None
+
+    def run(self, job: Job) -> None:
+        """Attempt ``job``; a retry goes back to the buffer's heap, so it stalls nobody."""
+        delay = self._attempt_guarded(job)
         if delay is not None:
             self._buffer.reschedule(job, delay)
 
     def run_inline(self, job: Job) -> None:
         """Attempt ``job`` until settled, waiting out its retries on this thread."""
         while True:
-            try:
-                delay = self.attempt(job)
-            except Exception as exc:
-                logger.exception("unexpected error sending event %s", job.event.event_id)
-                job.last_message = f"internal error: {type(exc).__name__}"
-                self.fail(job, REJECTED)
-                return
+            delay = self._attempt_guarded(job)
             if delay is None or not self._buffer.hold(job, delay):
                 return
 
