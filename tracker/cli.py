@@ -177,6 +177,14 @@ exit codes: 0 everything delivered; 1 some lines bad or events not delivered;
 """
 
 
+def _add_output_options(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--json", action="store_true", help=f"print the {what} as JSON")
+    command.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    command.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log 429s and failures (-vv: retries)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracker",
@@ -254,11 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up waiting for delivery after this long (default: %(default)s)",
     )
-    demo.add_argument("--json", action="store_true", help="print the report as JSON")
-    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    demo.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log 429s and failures (-vv: retries)"
-    )
+    _add_output_options(demo, "report")
 
     send = commands.add_parser(
         "send",
@@ -307,11 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip lines an earlier run settled; append to the dead-letter file",
     )
-    send.add_argument("--json", action="store_true", help="print the summary as JSON")
-    send.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    send.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log 429s and failures (-vv: retries)"
-    )
+    _add_output_options(send, "summary")
 
     serve = commands.add_parser(
         "serve",
