@@ -241,7 +241,9 @@ class ServerProcess:
     def __init__(
         self, kind: str, *, rate_limit: Optional[float] = None, latency: float = 0.0
     ) -> None:
-        args = [sys.executable, str(HERE / "_server.py"), kind]
+        # As a module from the repository root, so it imports the same tracker as the
+        # runner (the tree's), whatever is installed.
+        args = [sys.executable, "-m", "benchmarks._server", kind]
         if rate_limit is not None:
             args += ["--rate-limit", str(rate_limit)]
         if latency:
@@ -252,7 +254,12 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         proc = subprocess.Popen(
-            self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+            self._args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            cwd=HERE.parent,
         )
         self._proc = proc
         line = self._stdout().readline()

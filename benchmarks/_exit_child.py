@@ -1,6 +1,6 @@
 """The process whose exit the ``exit`` case times.
 
-    python _exit_child.py BASE_URL N EXIT_TIMEOUT RATE_LIMIT
+    python -m benchmarks._exit_child BASE_URL N EXIT_TIMEOUT RATE_LIMIT
 
 Tracks N events with a default-configured Tracker (but ``exit_timeout`` and
 ``rate_limit``, ``off`` for none), prints ``{"tracked_at": monotonic}`` and simply

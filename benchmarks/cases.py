@@ -210,7 +210,7 @@ def hot_path(settings: Settings) -> list[Row]:
                 goal=Goal("ours <= 0.2x Segment", "ratio", "<=", 0.2),
                 explain=(
                     f"wall time of {calls:,} back-to-back calls / {calls:,}, background "
-                    "senders running against a loopback sink"
+                    "senders running (ours against FakePX, the peers against a loopback sink)"
                 ),
                 extra=extra,
             ),
@@ -467,7 +467,7 @@ def _post_all(session: requests.Session, url: str, bodies: list[dict[str, Any]])
 def _confirmed(px: ServerProcess, n: int, elapsed: float, cpu: float) -> dict[str, float]:
     server = px.stats()
     px.clear()
-    events = server["events"]
+    events = server["unique_events"]  # a retried duplicate must not count twice
     return {
         "events_per_s": events / elapsed,
         "confirmed": float(events),
@@ -670,9 +670,11 @@ def pacing(settings: Settings) -> list[Row]:
 
 def _exit_child(base_url: str, n: int, exit_timeout: float, rate: str) -> dict[str, Any]:
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_exit_child.py"), base_url, str(n), str(exit_timeout), rate],
+        # As a module from the repository root: the same tracker as the runner imports.
+        [sys.executable, "-m", "benchmarks._exit_child", base_url, str(n), str(exit_timeout), rate],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=HERE.parent,
     )
     out, _ = proc.communicate(timeout=exit_timeout + 120)
     exited = time.monotonic()
