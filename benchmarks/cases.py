@@ -37,6 +37,9 @@ from benchmarks._common import (
     dead_url,
     interleave,
     log,
+    our_tracker,
+    retrying_tracker,
+    track_many,
     wait_until,
 )
 from tracker import Config, Tracker
@@ -278,24 +281,8 @@ def _retained(enqueue: Callable[[int], None], n: int) -> float:
 def _memory_ours(n: int) -> dict[str, float]:
     tracemalloc.start()
     try:
-        tracker = Tracker(
-            API_KEY,
-            product_key=PRODUCT_KEY,
-            base_url=dead_url(),
-            max_queue_size=n + 1000,
-            flush_at_exit=False,
-        )
-
-        def enqueue(count: int) -> None:
-            track = tracker.track
-            for _ in range(count):
-                track(
-                    IDENTIFY_ID,
-                    EVENT_NAME,
-                    attributes={"format": "csv", "rows": 120, "scheduled": False},
-                )
-
-        per_event = _retained(enqueue, n)
+        tracker = our_tracker(dead_url(), max_queue_size=n + 1000)
+        per_event = _retained(lambda count: track_many(tracker, count), n)
         stats = tracker.stats()
         if stats.pending != n:
             raise RuntimeError(f"ours: {n - stats.pending} events left the queue")
@@ -311,25 +298,10 @@ def _memory_ours_retrying(n: int) -> dict[str, float]:
     the events still; they do not change what a waiting retry keeps."""
     tracemalloc.start()
     try:
-        tracker = Tracker(
-            API_KEY,
-            product_key=PRODUCT_KEY,
-            base_url=dead_url(),
-            max_queue_size=n + 1000,
-            rate_limit=None,
-            backoff_base=30.0,
-            backoff_max=60.0,
-            flush_at_exit=False,
-        )
+        tracker = retrying_tracker(n)
 
         def enqueue(count: int) -> None:
-            track = tracker.track
-            for _ in range(count):
-                track(
-                    IDENTIFY_ID,
-                    EVENT_NAME,
-                    attributes={"format": "csv", "rows": 120, "scheduled": False},
-                )
+            track_many(tracker, count)
             if not wait_until(lambda: tracker.stats().retries >= count, timeout=120):
                 raise RuntimeError("ours: events did not all reach the retry state")
             time.sleep(0.2)  # let the last attempts settle into the retry heap

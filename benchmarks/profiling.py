@@ -24,6 +24,9 @@ from benchmarks._common import (
     ServerProcess,
     dead_url,
     log,
+    our_tracker,
+    retrying_tracker,
+    track_many,
     wait_until,
 )
 from tracker import Tracker
@@ -47,34 +50,14 @@ def _memory_sites(directory: Path, n: int = 3000) -> None:
     """tracemalloc's top allocation sites of ours' retained memory: events just queued,
     then the same events once all wait for a retry (server unreachable)."""
     tracemalloc.start()
-    tracker = Tracker(
-        API_KEY,
-        product_key=PRODUCT_KEY,
-        base_url=dead_url(),
-        max_queue_size=n + 1000,
-        rate_limit=0.001,  # one request, then the senders wait: nothing else is attempted
-        flush_at_exit=False,
-    )
-    retrying = Tracker(
-        API_KEY,
-        product_key=PRODUCT_KEY,
-        base_url=dead_url(),
-        max_queue_size=n + 1000,
-        rate_limit=None,
-        backoff_base=30.0,
-        backoff_max=60.0,
-        flush_at_exit=False,
-    )
+    # rate_limit=0.001: one request, then the senders wait: nothing else is attempted.
+    tracker = our_tracker(dead_url(), max_queue_size=n + 1000, rate_limit=0.001)
+    retrying = retrying_tracker(n)
     lines: list[str] = []
     for title, subject in (("queued, not attempted", tracker), ("waiting to retry", retrying)):
         gc.collect()
         before = tracemalloc.take_snapshot()
-        for _ in range(n):
-            subject.track(
-                IDENTIFY_ID,
-                EVENT_NAME,
-                attributes={"format": "csv", "rows": 120, "scheduled": False},
-            )
+        track_many(subject, n)
         if subject is retrying:
             wait_until(lambda: retrying.stats().retries >= n, timeout=120)
             time.sleep(0.2)
