@@ -336,10 +336,6 @@ class Buffer:
             self._counters.rate_limited += 1
             self._paused_until = max(self._paused_until, until)
 
-    @property
-    def paused_until(self) -> float:
-        return self._paused_until
-
     def settle(
         self, job: Job, *, failed_reason: Optional[str] = None, report: bool = False
     ) -> bool:
