@@ -24,7 +24,7 @@ from typing import Any, Optional
 import pytest
 
 from tracker import CustomEvent, DeliveryError, Stats, Tracker
-from tracker.testing import FakePX, px_error
+from tracker.testing import CONNECTION_THREAD, FakePX, px_error
 
 API_KEY = "k-reliability"
 PRODUCT_KEY = "AP-RELIABILITY-1"
@@ -118,7 +118,7 @@ def threads_since(baseline: set[Optional[int]]) -> tuple[list[str], int]:
     FakePX's one-per-connection handler threads, and how many of those there are.
     Threads of earlier tests, still winding down, are left out either way."""
     new = [t for t in threading.enumerate() if t.ident not in baseline]
-    handlers = [t for t in new if "process_request_thread" in t.name]
+    handlers = [t for t in new if t.name == CONNECTION_THREAD]
     return sorted(t.name for t in new if t not in handlers), len(handlers)
 
 

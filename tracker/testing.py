@@ -39,6 +39,7 @@ EVENTS_PATH = "/v1/events/custom"
 API_KEY_HEADER = "X-APTRINSIC-API-KEY"
 USER_TYPES = ("LEAD", "USER", "VISITOR", "EMPTY_USER_TYPE")
 REQUIRED = ("identifyId", "propertyKey", "userType", "eventName")
+CONNECTION_THREAD = "fake-px-connection"
 CREATED_BODY = {"body": {}, "statusCode": "CREATED", "statusCodeValue": 201}
 
 
@@ -112,6 +113,12 @@ class _Server(ThreadingHTTPServer):
         with self.sockets_lock:
             self.open_sockets.add(sock)
         return sock, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # One thread per connection, named so that thread listings (and tests that count
+        # threads) can tell FakePX's apart on every Python version.
+        threading.current_thread().name = CONNECTION_THREAD
+        super().process_request_thread(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         with self.sockets_lock:
