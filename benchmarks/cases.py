@@ -622,19 +622,34 @@ def pacing(settings: Settings) -> list[Row]:
             explain="429 answers / all requests, as FakePX recorded them",
             extra=extra,
         ),
-        Row(
-            "pacing",
-            "events delivered (worst rep)",
-            "events",
-            column(ours, "delivered"),
-            baseline="events tracked (constant)",
-            baseline_value=float(n),
-            goal=Goal("all delivered, every rep", "value", "==", float(n), stat="min"),
-            digits=0,
-            explain="unique event ids FakePX accepted",
-            extra=extra,
+        _all_delivered_row(
+            "pacing", column(ours, "delivered"), n, "unique event ids FakePX accepted", extra
         ),
     ]
+
+
+def _all_delivered_row(
+    case: str,
+    delivered: list[float],
+    n: int,
+    explain: str,
+    extra: Optional[dict[str, Any]] = None,
+    *,
+    metric: str = "events delivered (worst rep)",
+) -> Row:
+    """The row whose goal is that every repetition delivered all ``n`` events."""
+    return Row(
+        case,
+        metric,
+        "events",
+        delivered,
+        baseline="events tracked (constant)",
+        baseline_value=float(n),
+        goal=Goal("all delivered, every rep", "value", "==", float(n), stat="min"),
+        digits=0,
+        explain=explain,
+        extra=extra or {},
+    )
 
 
 # -- exit -----------------------------------------------------------------------------------------
@@ -720,16 +735,12 @@ def exit_case(settings: Settings) -> list[Row]:
             ),
             extra={"events": n, "first_track_to_exit_s": column(healthy, "total_s")},
         ),
-        Row(
+        _all_delivered_row(
             "exit",
-            "delivered at exit (worst rep)",
-            "events",
             column(healthy, "delivered"),
-            baseline="events tracked (constant)",
-            baseline_value=float(n),
-            goal=Goal("all delivered, every rep", "value", "==", float(n), stat="min"),
-            digits=0,
-            explain="unique event ids FakePX accepted from the exiting process",
+            n,
+            "unique event ids FakePX accepted from the exiting process",
+            metric="delivered at exit (worst rep)",
         ),
     ]
 

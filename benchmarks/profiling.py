@@ -16,11 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from benchmarks._common import (
-    API_KEY,
-    EVENT_NAME,
     HERE,
-    IDENTIFY_ID,
-    PRODUCT_KEY,
     ServerProcess,
     dead_url,
     log,
@@ -38,6 +34,17 @@ def _profiler() -> Any:
     except ImportError:
         return None
     return Profiler(interval=0.0002)
+
+
+def _profile_tracking(tracker: Tracker, count: int) -> tuple[Any, float]:
+    """``count`` calls of the benchmarked track() under a started profiler; the profiler
+    and the wall time they took."""
+    profiler = _profiler()
+    started = time.perf_counter()
+    profiler.start()
+    track_many(tracker, count)
+    profiler.stop()
+    return profiler, time.perf_counter() - started
 
 
 def _save(profiler: Any, path: Path, title: str) -> None:
@@ -90,25 +97,8 @@ def run_profiles(directory: Path, calls: int = 20_000, sends: int = 2_000) -> bo
     directory.mkdir(parents=True, exist_ok=True)
     with ServerProcess("fakepx") as px:
         # 1. The caller's side of track(), default tracker, senders running.
-        tracker = Tracker(
-            API_KEY,
-            product_key=PRODUCT_KEY,
-            base_url=px.url,
-            max_queue_size=calls + 1000,
-            flush_at_exit=False,
-        )
-        track = tracker.track
-        profiler = _profiler()
-        started = time.perf_counter()
-        profiler.start()
-        for _ in range(calls):
-            track(
-                IDENTIFY_ID,
-                EVENT_NAME,
-                attributes={"format": "csv", "rows": 120, "scheduled": False},
-            )
-        profiler.stop()
-        wall = time.perf_counter() - started
+        tracker = our_tracker(px.url, max_queue_size=calls + 1000)
+        profiler, wall = _profile_tracking(tracker, calls)
         tracker.shutdown(timeout=0)
         px.clear()
         _save(
@@ -119,26 +109,8 @@ def run_profiles(directory: Path, calls: int = 20_000, sends: int = 2_000) -> bo
         )
 
         # 2. One delivery attempt per event, on this thread (what each worker runs).
-        tracker = Tracker(
-            API_KEY,
-            product_key=PRODUCT_KEY,
-            base_url=px.url,
-            rate_limit=None,
-            sync_mode=True,
-            flush_at_exit=False,
-        )
-        track = tracker.track
-        profiler = _profiler()
-        started = time.perf_counter()
-        profiler.start()
-        for _ in range(sends):
-            track(
-                IDENTIFY_ID,
-                EVENT_NAME,
-                attributes={"format": "csv", "rows": 120, "scheduled": False},
-            )
-        profiler.stop()
-        wall = time.perf_counter() - started
+        tracker = our_tracker(px.url, rate_limit=None, sync_mode=True)
+        profiler, wall = _profile_tracking(tracker, sends)
         tracker.shutdown()
         px.clear()
         _save(
