@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from tracker._clock import SYSTEM_CLOCK, Clock
+from tracker._event import is_text
 from tracker.errors import ConfigError
 
 REGIONS: Mapping[str, str] = {
@@ -125,13 +126,10 @@ def _check_api_key(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 def _check_optional_text(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise ConfigError(f"'{attribute.name}' must be a non-empty str or None (got {value!r})")
-    if isinstance(value, str) and not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ConfigError(
-                f"'{attribute.name}' must be valid text; it holds lone surrogates (got {value!r})"
-            ) from None
+    if isinstance(value, str) and not is_text(value):
+        raise ConfigError(
+            f"'{attribute.name}' must be valid text; it holds lone surrogates (got {value!r})"
+        )
 
 
 def _check_clock(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

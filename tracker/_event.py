@@ -119,13 +119,21 @@ def _show(value: object) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def is_text(value: str) -> bool:
+    """False when ``value`` holds lone surrogates: no UTF-8, so no JSON body, has them."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _utf8(field: str, value: str) -> str:
-    """``value``, unless it holds lone surrogates (no UTF-8, so no JSON body, has them)."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError(field, "contains lone surrogates: not valid text") from None
+    """``value``, or ValidationError when it is not valid text."""
+    if not is_text(value):
+        raise ValidationError(field, "contains lone surrogates: not valid text")
     return value
 
 
