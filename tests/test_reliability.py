@@ -113,11 +113,12 @@ def retry_after_violations(requests: list[Any], retry_after: float) -> list[tupl
     return found
 
 
-def threads_since(baseline: set[Optional[int]]) -> tuple[list[str], int]:
-    """Threads started since ``baseline`` (idents) and still alive: the names of all but
-    FakePX's one-per-connection handler threads, and how many of those there are.
-    Threads of earlier tests, still winding down, are left out either way."""
-    new = [t for t in threading.enumerate() if t.ident not in baseline]
+def threads_since(baseline: set[threading.Thread]) -> tuple[list[str], int]:
+    """Threads started since ``baseline`` and still alive: the names of all but FakePX's
+    one-per-connection handler threads, and how many of those there are. Threads of
+    earlier tests, still winding down, are left out either way. (Compared as objects:
+    Python reuses the idents of ended threads.)"""
+    new = [t for t in threading.enumerate() if t not in baseline]
     handlers = [t for t in new if t.name == CONNECTION_THREAD]
     return sorted(t.name for t in new if t not in handlers), len(handlers)
 
@@ -185,7 +186,7 @@ def client_side_memory() -> int:
 
 
 def run_round(
-    t: Tracker, px: FakePX, name: str, events: int, baseline: set[Optional[int]]
+    t: Tracker, px: FakePX, name: str, events: int, baseline: set[threading.Thread]
 ) -> Round:
     result = Round(name=name, traced=tracemalloc.is_tracing(), tracked=events)
     ids: list[Optional[str]] = []
@@ -247,7 +248,7 @@ def soak(request: pytest.FixtureRequest) -> Iterator[Soak]:
         logger.setLevel(logging.WARNING)
     errors: list[tuple[str, str]] = []
     was_tracing = tracemalloc.is_tracing()
-    baseline = {thread.ident for thread in threading.enumerate()}
+    baseline = set(threading.enumerate())
     try:
         with FaultyPX(
             fail_rate=0.10,
@@ -330,10 +331,11 @@ class TestFaultSoak:
         assert soak.broken_samples == []
 
     def test_threads_do_not_grow_with_repeated_flushes(self, soak: Soak) -> None:
+        # Senders come and go with the round trip (Little's law), never past the cap;
+        # counted by name (unique per thread started), not by ident (which Python reuses).
         snapshots = [names for r in soak.rounds for names in r.threads]
-        senders = [n for n in snapshots[0] if n.startswith("px-tracker")]
-        assert len(senders) == soak.workers
-        assert all(names == snapshots[0] for names in snapshots), snapshots
+        senders = [[n for n in names if n.startswith("px-tracker-")] for names in snapshots]
+        assert all(1 <= len(names) <= soak.workers for names in senders), senders
         # One FakePX handler thread per open keep-alive connection; the tracker's pool
         # holds at most workers + 2, plus a few just closed by drops and not yet gone.
         handlers = [n for r in soak.rounds for n in r.handler_threads]
@@ -468,7 +470,8 @@ class TestCallbacksThatFlush:
             flushed = holder["t"].flush(timeout=5)
             results.append((flushed, time.monotonic() - started))
 
-        with FakePX() as px:
+        # A round trip long enough for two requests in flight: two senders run.
+        with FakePX(latency=0.05) as px:
             holder["t"] = t = Tracker(
                 API_KEY, product_key=PRODUCT_KEY, base_url=px.url, workers=2, on_success=on_success
             )

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from tracker._api import configure, default_tracker, flush, shutdown, stats, track
 from tracker._clock import Clock
 from tracker._config import Config, OverflowPolicy
+from tracker._core import VERSION
 from tracker._counters import Stats
 from tracker._event import CustomEvent, UserType
-from tracker._tracker import (
-    VERSION,
-    Tracker,
-    configure,
-    default_tracker,
-    flush,
-    shutdown,
-    stats,
-    track,
-)
+from tracker._tracker import Tracker
 from tracker.errors import (
     ConfigError,
     DeliveryError,

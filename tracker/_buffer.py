@@ -1,8 +1,8 @@
-"""The bounded buffer of accepted, unsettled events, with the counters and pacing it guards.
+"""The bookkeeping of accepted, unsettled events: admission, flight, retries, settlement.
 
-One lock covers the queue, the retry heap, the in-flight set, the counters and the
-pacing state, so ``tracked == delivered + failed + dropped + pending`` holds at every
-moment a reader can observe, and an event changes state in exactly one place.
+One lock covers the store of waiting events, the retry heap, the in-flight set, the
+counters and the pacer, so ``tracked == delivered + failed + dropped + pending`` holds at
+every moment a reader can observe, and an event changes state in exactly one place.
 """
 
 from __future__ import annotations
@@ -10,21 +10,19 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections import deque
-from typing import Callable, Optional
+from typing import Optional
 
-import attrs
-
-from tracker._config import Config, OverflowPolicy
-from tracker._counters import DRY_RUN, QUEUE_OVERFLOW, SHUTDOWN, Counters, Stats
+from tracker._clock import Deadline
+from tracker._config import Config
+from tracker._counters import DRY_RUN, SHUTDOWN, Counters, Stats
 from tracker._event import CustomEvent
-from tracker.errors import QueueFullError
-
-BURST_SECONDS = 0.1  # client pacing: the largest burst, in seconds' worth of rate_limit
+from tracker._overflow import Dropped, Overflow
+from tracker._pacing import Pacer, Turns
+from tracker._store import Store
 
 
 class Job:
-    """An event taken out of the queue for delivery, and its retry state."""
+    """An event out of the store for delivery, and its retry state."""
 
     __slots__ = (
         "attempts",
@@ -33,75 +31,65 @@ class Job:
         "first_attempt",
         "last_message",
         "last_status",
-        "send_at",
+        "sent_at",
         "seq",
+        "worker",
     )
 
-    def __init__(self, event: CustomEvent, seq: int) -> None:
+    def __init__(self, event: CustomEvent, seq: int, worker: bool) -> None:
         self.event = event
         self.seq = seq  # admission order; flush() waits for everything below its mark
+        self.worker = worker  # held by a worker thread (counted against concurrency)
         self.attempts = 0  # requests sent, the first included
         self.failures = 0  # retryable failures other than 429s: what max_retries bounds
         self.first_attempt = 0.0
-        self.send_at = 0.0  # the pacing slot reserved for the next attempt
+        self.sent_at = 0.0  # when the last attempt started
         self.last_status: Optional[int] = None
         self.last_message: Optional[str] = None
 
 
-@attrs.frozen
-class Dropped:
-    """An event that admission dropped (the new one, or with drop_oldest the oldest one)."""
+class Receipt:
+    """A settled job whose outcome is being reported: flush() waits for its release
+    (except on the reporting thread itself, whose callback may call flush())."""
 
-    event: CustomEvent
-    reason: str
+    __slots__ = ("_buffer", "seq", "thread")
+
+    def __init__(self, buffer: Buffer, seq: int) -> None:
+        self._buffer = buffer
+        self.seq = seq
+        self.thread = threading.get_ident()
+
+    def release(self) -> None:
+        self._buffer._release(self)
 
 
 class Buffer:
-    """Queue (FIFO), retry heap and in-flight set, bounded together by ``max_queue_size``."""
+    """Store (FIFO), retry heap and in-flight set, bounded together by the store."""
 
-    def __init__(self, config: Config) -> None:
-        self._clock = config.clock
-        self._max = config.max_queue_size
-        self._overflow = config.overflow
-        self._block_timeout = config.block_timeout
-        self._lock = threading.Lock()
-        self._jobs = threading.Condition(self._lock)  # idle workers: work arrived, or stop
-        self._timer = threading.Condition(self._lock)  # senders waiting for a slot or a pause
-        self._room = threading.Condition(self._lock)  # producers blocked on a full queue
-        self._settled = threading.Condition(self._lock)  # flush() callers
-        self._ready: deque[CustomEvent] = deque()
-        self._delayed: list[tuple[float, int, Job]] = []  # (due, tiebreak, job), a heap
+    def __init__(self, config: Config, pacer: Pacer, store: Store) -> None:
+        self._clock = clock = config.clock
+        self._lock = lock = threading.Lock()
+        self._work = threading.Condition(lock)  # idle workers: work or room arrived, or stop
+        self._settled = threading.Condition(lock)  # flush() callers and drainers
+        self._store = store
+        self._pacer = pacer
+        self.counters = Counters()
+        self.overflow = Overflow(config, self.counters, lock, clock, self._drop_oldest)
+        self._delayed: list[tuple[float, int, Job]] = []  # (due, tiebreak, job): a heap
         self._in_flight: set[Job] = set()
-        # Settled jobs whose callback is still running, and on which thread: flush() waits
-        # for those too, except on that very thread (a callback may call flush()).
-        self._reporting: dict[Job, int] = {}
+        self._receipts: set[Receipt] = set()
+        self._turns = Turns(lock, clock, pacer)  # senders waiting for a slot
         self._appended = 0  # events ever admitted: the seq of the next one
-        self._taken = 0  # events ever removed from the front of _ready
+        self._taken = 0  # events ever taken out of the store
         self._tiebreak = itertools.count()
-        self._counters = Counters()
-        self._idle = 0
-        self._blocked = 0
+        self._idle = 0  # workers waiting in take()
+        self._sending = 0  # jobs held by workers
+        self.threads = 0  # worker threads alive (kept by the pool, under the lock)
         self._flush_marks: list[int] = []  # of every flush() waiting, drainers included
-        self._draining = 0  # flush() callers sending on their own thread
+        self._draining = 0
         self._accepting = True
         self._stopping = False
-        # Set by the Tracker: False on a thread that must never wait for room (a worker
-        # running a callback would wait for itself).
-        self.may_block: Callable[[], bool] = lambda: True
-        # Client-side pacing as a GCRA (virtual scheduling): a sustained rate with bursts
-        # of a tenth of a second's worth. Small bursts spread the sending evenly: a spike
-        # of track() calls does not bring a spike of HTTP work competing with the app for
-        # the GIL right when it is busiest. They also leave most of a server's one-second
-        # burst allowance as slack for the gap between when we send and when it sees the
-        # request (a request opening a connection arrives later than the ones after it),
-        # which would otherwise cost 429s when both enforce the same rate. Each attempt
-        # reserves its slot; nobody polls a bucket.
-        rate = config.rate_limit
-        self._interval = 0.0 if rate is None else 1.0 / rate
-        burst = 1.0 if rate is None else max(1.0, BURST_SECONDS * rate)
-        self._tolerance = (burst - 1.0) * self._interval
-        self._tat = 0.0
-        self._paused_until = 0.0
+        self._retire_when_idle = False
 
     # -- admission (caller's thread) -------------------------------------------------------
 
@@ -109,210 +97,186 @@ class Buffer:
         """Queue ``event``. None when it simply went in (the fast path); else what was
         dropped to make room, or the event itself when it was refused."""
         with self._lock:
-            self._counters.tracked += 1
-            if self._accepting and self._pending() < self._max:
+            self.counters.tracked += 1
+            if self._accepting and self._store.has_room(self._pending()):
                 self._append(event)
                 return None
-            admitted, dropped = self._make_room(event)
+            admitted, dropped = self.overflow.make_room(event, self._admissible)
             if admitted:
                 self._append(event)
             return dropped
 
     def admit_inline(self, event: CustomEvent) -> tuple[Optional[Job], Optional[Dropped]]:
-        """Admit ``event`` straight into flight, for a caller that sends it itself.
-
-        Returns its job (None when refused) and what was dropped, if anything.
-        """
+        """Admit ``event`` straight into flight, for a caller that sends it itself."""
         with self._lock:
-            self._counters.tracked += 1
-            if self._accepting and self._pending() < self._max:
-                return self._start_inline(event), None
-            admitted, dropped = self._make_room(event)
-            return (self._start_inline(event) if admitted else None), dropped
+            self.counters.tracked += 1
+            if not (self._accepting and self._store.has_room(self._pending())):
+                admitted, dropped = self.overflow.make_room(event, self._admissible)
+                if not admitted:
+                    return None, dropped
+            else:
+                dropped = None
+            job = Job(event, self._appended, worker=False)
+            self._appended += 1
+            self._taken += 1
+            self._in_flight.add(job)
+            return job, dropped
 
     def record_dry_run(self) -> None:
         with self._lock:
-            self._counters.tracked += 1
-            self._counters.dropped[DRY_RUN] += 1
+            self.counters.tracked += 1
+            self.counters.dropped[DRY_RUN] += 1
+
+    def _admissible(self) -> Optional[bool]:
+        """For the overflow policy: None when shut down, else whether there is room."""
+        if not self._accepting:
+            return None
+        return self._store.has_room(self._pending())
 
     def _pending(self) -> int:
-        return len(self._ready) + len(self._delayed) + len(self._in_flight)
+        return len(self._store) + len(self._delayed) + len(self._in_flight)
 
     def _append(self, event: CustomEvent) -> None:
-        self._ready.append(event)
+        self._store.push(event)
         self._appended += 1
         if self._idle:
-            self._jobs.notify()
+            self._work.notify()
         if self._draining:
-            self._settled.notify_all()  # a caller draining inline has work now
+            self._settled.notify_all()  # a caller draining on its own thread has work now
 
-    def _start_inline(self, event: CustomEvent) -> Job:
-        job = Job(event, self._appended)
-        self._appended += 1
-        self._taken += 1
-        self._in_flight.add(job)
-        self._reserve_slot(job)
+    def _drop_oldest(self) -> Optional[CustomEvent]:
+        """For drop_oldest: the oldest event not in flight, out of the queue."""
+        if len(self._store):
+            self._taken += 1
+            return self._store.pop()
+        if self._delayed:
+            return heapq.heappop(self._delayed)[2].event
+        return None
+
+    # -- taking work (worker threads, and callers draining the queue themselves) -----------
+
+    def _next_job(self, now: float, worker: bool) -> Optional[Job]:
+        delayed = self._delayed
+        job: Optional[Job] = None
+        if delayed and delayed[0][0] <= now:
+            job = heapq.heappop(delayed)[2]
+            job.worker = worker
+        elif len(self._store):
+            job = Job(self._store.pop(), self._taken, worker)
+            self._taken += 1
+        if job is not None:
+            self._in_flight.add(job)
         return job
 
-    def _make_room(self, event: CustomEvent) -> tuple[bool, Optional[Dropped]]:
-        """The slow path of admission, lock held: shut down, or full.
+    def take(self, finished: Optional[Job]) -> tuple[Optional[Job], bool]:
+        """For a worker: hand back the job it ``finished`` with, and wait for the next one
+        it may send within the pacer's concurrency. None when stopped (or retired: an
+        orphaned tracker with nothing left). The flag asks for one more worker."""
+        clock = self._clock
+        with self._lock:
+            if finished is not None and finished.worker:
+                finished.worker = False
+                self._sending -= 1
+            while not self._stopping:
+                limit = self._pacer.concurrency()
+                now = clock.monotonic()
+                if self._sending < limit:
+                    job = self._next_job(now, worker=True)
+                    if job is not None:
+                        self._sending += 1
+                        waiting = len(self._store) or (self._delayed and self._delayed[0][0] <= now)
+                        grow = bool(waiting) and not self._idle and self.threads < limit
+                        return job, grow
+                if self._retire_when_idle and not self._pending():
+                    break
+                if self.threads > 2 * limit + 1:
+                    break  # far more threads than the round trip needs: this one ends
+                timeout: Optional[float] = None
+                if self._delayed and self._sending < limit:
+                    timeout = self._delayed[0][0] - now
+                self._idle += 1
+                try:
+                    clock.wait(self._work, timeout)
+                finally:
+                    self._idle -= 1
+            self.threads -= 1
+            return None, False
 
-        Returns whether the new event may go in, and what was dropped.
-        """
-        counters = self._counters
-        if not self._accepting:
-            counters.dropped[SHUTDOWN] += 1
-            return False, Dropped(event, SHUTDOWN)
-        policy = self._overflow
-        if policy is OverflowPolicy.BLOCK and not self.may_block():
-            counters.dropped[QUEUE_OVERFLOW] += 1
-            raise QueueFullError(
-                f"queue full: {self._max} events pending, and a sender thread cannot wait "
-                f"for room it would have to make itself (overflow='block')"
-            )
-        if policy is OverflowPolicy.BLOCK:
-            clock = self._clock
-            timeout = self._block_timeout
-            deadline = None if timeout is None else clock.monotonic() + timeout
-            try:
-                while self._accepting and self._pending() >= self._max:
-                    left = None if deadline is None else deadline - clock.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    self._blocked += 1
-                    try:
-                        clock.wait(self._room, left)
-                    finally:
-                        self._blocked -= 1
-            except BaseException:
-                # Interrupted while waiting (KeyboardInterrupt, say): the event was counted
-                # as tracked, so it must end somewhere.
-                counters.dropped[QUEUE_OVERFLOW] += 1
-                raise
-            if not self._accepting:
-                counters.dropped[SHUTDOWN] += 1
-                return False, Dropped(event, SHUTDOWN)
-            if self._pending() < self._max:
-                return True, None
-            counters.dropped[QUEUE_OVERFLOW] += 1
-            raise QueueFullError(
-                f"queue full: {self._max} events pending and no room within {timeout}s "
-                f"(overflow='block', max_queue_size={self._max})"
-            )
-        if policy is OverflowPolicy.RAISE:
-            counters.dropped[QUEUE_OVERFLOW] += 1
-            raise QueueFullError(
-                f"queue full: {self._max} events pending "
-                f"(overflow='raise', max_queue_size={self._max})"
-            )
-        counters.dropped[QUEUE_OVERFLOW] += 1
-        if policy is OverflowPolicy.DROP_OLDEST:
-            victim: Optional[CustomEvent] = None
-            if self._ready:
-                victim = self._ready.popleft()
-                self._taken += 1
-            elif self._delayed:
-                victim = heapq.heappop(self._delayed)[2].event
-            if victim is not None:
-                self._after_settle()
-                return True, Dropped(victim, QUEUE_OVERFLOW)
-        # drop_newest, or drop_oldest with every pending event already in flight.
-        return False, Dropped(event, QUEUE_OVERFLOW)
-
-    # -- delivery (worker threads, or a caller draining inline) ----------------------------
-
-    def take(self, deadline: Optional[float], mark: Optional[int] = None) -> Optional[Job]:
-        """The next job to send, waiting for one until ``deadline`` (None: until stopped).
-
-        Due retries go before fresh events; the job's pacing slot is reserved here. With a
-        flush ``mark`` (a caller draining on its own thread), it also returns None as soon
-        as everything admitted before the mark is settled, by whichever thread.
-        """
+    def take_to_drain(self, mark: int, deadline: Optional[Deadline]) -> Optional[Job]:
+        """For a caller sending on its own thread (flush() from a callback, or with no
+        threads at exit): the next job, or None once everything admitted before ``mark``
+        is settled (by whichever thread), or at the deadline."""
         clock = self._clock
         me = threading.get_ident()
         with self._lock:
-            while not self._stopping:
-                if mark is not None and self._settled_below(mark, me):
-                    return None
+            while not self._stopping and not self._settled_below(mark, me):
                 now = clock.monotonic()
-                delayed = self._delayed
-                job: Optional[Job] = None
-                if delayed and delayed[0][0] <= now:
-                    job = heapq.heappop(delayed)[2]
-                elif self._ready:
-                    job = Job(self._ready.popleft(), self._taken)
-                    self._taken += 1
+                job = self._next_job(now, worker=False)
                 if job is not None:
-                    self._in_flight.add(job)
-                    self._reserve_slot(job)
                     return job
-                timeout = delayed[0][0] - now if delayed else None
+                timeout = self._delayed[0][0] - now if self._delayed else None
                 if deadline is not None:
-                    left = deadline - now
+                    left = deadline.left()
                     if left <= 0:
                         return None
                     timeout = left if timeout is None else min(timeout, left)
-                if mark is None:
-                    self._idle += 1
-                    try:
-                        clock.wait(self._jobs, timeout)
-                    finally:
-                        self._idle -= 1
-                else:
-                    self._draining += 1
-                    self._flush_marks.append(mark)
-                    try:
-                        clock.wait(self._settled, timeout)
-                    finally:
-                        self._draining -= 1
-                        self._flush_marks.remove(mark)
+                self._draining += 1
+                self._flush_marks.append(mark)
+                try:
+                    clock.wait(self._settled, timeout)
+                finally:
+                    self._draining -= 1
+                    self._flush_marks.remove(mark)
             return None
 
-    def _reserve_slot(self, job: Job) -> None:
-        if not self._interval:
-            job.send_at = 0.0
-            return
-        now = self._clock.monotonic()
-        tat = max(self._tat, now)
-        job.send_at = max(now, tat - self._tolerance)
-        self._tat = tat + self._interval
-
     def await_turn(self, job: Job) -> bool:
-        """Wait for the job's pacing slot and for any 429 pause to end.
-
-        False when the job was abandoned meanwhile (shutdown): do not send it.
-        """
-        clock = self._clock
-        now = clock.monotonic()
-        if job.send_at <= now and self._paused_until <= now:
-            return True  # the common case, no lock needed: both only move forward
+        """Wait for the pacer's slot and the end of any 429 pause. False when the job was
+        abandoned meanwhile (shutdown): do not send it."""
         with self._lock:
-            while job in self._in_flight:
-                now = clock.monotonic()
-                until = max(job.send_at, self._paused_until)
-                if now >= until:
-                    return True
-                clock.wait(self._timer, until - now)
+            if self._turns.wait(lambda: job in self._in_flight and not self._stopping):
+                job.sent_at = self._clock.monotonic()
+                return True
             return False
 
-    def hold(self, job: Job, delay: float) -> bool:
-        """Keep an in-flight job for ``delay`` seconds before its retry (inline senders).
+    # -- outcomes (the sender's thread) ----------------------------------------------------
 
-        False when it was abandoned meanwhile.
-        """
-        clock = self._clock
+    def settle(self, job: Job, failed_reason: Optional[str] = None) -> Optional[Receipt]:
+        """The job's final outcome: delivered, or failed for ``failed_reason``. A receipt
+        to release once its callback ran; None when the job had been abandoned (then it
+        is not counted again)."""
         with self._lock:
             if job not in self._in_flight:
+                return None
+            self._in_flight.remove(job)
+            if failed_reason is None:
+                self.counters.delivered += 1
+            else:
+                self.counters.failed[failed_reason] += 1
+            self._store.settled((job.event,))
+            receipt = Receipt(self, job.seq)
+            self._receipts.add(receipt)
+            self._after_settle()
+            return receipt
+
+    def answered(self, job: Job, pause: Optional[float]) -> bool:
+        """The server answered the job's attempt (``pause``: a 429's, else None). True
+        when the round trip now calls for more requests in flight than threads run."""
+        now = self._clock.monotonic()
+        pacer = self._pacer
+        with self._lock:
+            if pause is not None:
+                self.counters.rate_limited += 1
+                pacer.rate_limited(now, job.sent_at, pause)
                 return False
-            self._counters.retries += 1
-            until = clock.monotonic() + delay
-            while job in self._in_flight:
-                now = clock.monotonic()
-                if now >= until:
-                    self._reserve_slot(job)
-                    return True
-                clock.wait(self._timer, until - now)
-            return False
+            before = pacer.concurrency()
+            pacer.answered(now, job.sent_at)
+            limit = pacer.concurrency()
+            if limit <= before or not (len(self._store) or self._delayed):
+                return False
+            if self._idle:
+                self._work.notify()  # room for more in flight: an idle worker takes it
+                return False
+            return self.threads < limit
 
     def reschedule(self, job: Job, delay: float) -> bool:
         """Move an in-flight job to the retry heap, due in ``delay`` seconds."""
@@ -322,52 +286,37 @@ class Buffer:
             self._in_flight.remove(job)
             due = self._clock.monotonic() + delay
             heapq.heappush(self._delayed, (due, next(self._tiebreak), job))
-            self._counters.retries += 1
+            self.counters.retries += 1
             if self._idle:
-                # An idle worker may be waiting with no timeout: have it look at the heap.
-                self._jobs.notify()
+                self._work.notify()  # an idle worker may wait with no timeout
             if self._draining:
                 self._settled.notify_all()
             return True
 
-    def pause(self, until: float) -> None:
-        """A 429: no sender of this buffer starts a request before ``until``."""
-        with self._lock:
-            self._counters.rate_limited += 1
-            self._paused_until = max(self._paused_until, until)
-
-    def settle(
-        self, job: Job, *, failed_reason: Optional[str] = None, report: bool = False
-    ) -> bool:
-        """The job's final outcome: delivered, or failed for ``failed_reason``.
-
-        False when the job had already been abandoned (then it is not counted again).
-        With ``report``, flush() keeps waiting for the job until ``reported(job)``: the
-        caller runs its callback in between.
-        """
+    def hold(self, job: Job, delay: float) -> bool:
+        """Keep an in-flight job ``delay`` seconds before its retry (inline senders).
+        False when it was abandoned meanwhile."""
+        clock = self._clock
         with self._lock:
             if job not in self._in_flight:
                 return False
-            self._in_flight.remove(job)
-            if failed_reason is None:
-                self._counters.delivered += 1
-            else:
-                self._counters.failed[failed_reason] += 1
-            if report:
-                self._reporting[job] = threading.get_ident()
-            self._after_settle()
-            return True
+            self.counters.retries += 1
+            until = clock.monotonic() + delay
+            while job in self._in_flight:
+                now = clock.monotonic()
+                if now >= until:
+                    return True
+                clock.wait(self._settled, until - now)
+            return False
 
-    def reported(self, job: Job) -> None:
-        """The callback for a settled job has returned."""
+    def _release(self, receipt: Receipt) -> None:
         with self._lock:
-            del self._reporting[job]
+            self._receipts.discard(receipt)
             if self._flush_marks:
                 self._settled.notify_all()
 
     def _after_settle(self) -> None:
-        if self._blocked:
-            self._room.notify()
+        self.overflow.room_made()
         # Wake flush() only when it may be done: with every event below its mark settled,
         # at most the events from the mark on can still be pending. (Waking it on every
         # settled event cost a tenth of the delivery rate while a batch job flushed.)
@@ -393,24 +342,24 @@ class Buffer:
             return False
         if any(entry[2].seq < mark for entry in self._delayed):
             return False
-        if me in self._reporting.values():
+        receipts = self._receipts
+        if any(r.thread == me for r in receipts):
             # flush() from inside a callback: waiting for another thread's callback could
             # wait for one that is waiting for us.
             return True
-        return not any(job.seq < mark and thread != me for job, thread in self._reporting.items())
+        return not any(r.seq < mark for r in receipts)
 
-    def wait_settled(self, mark: int, deadline: Optional[float]) -> bool:
+    def wait_settled(self, mark: int, deadline: Optional[Deadline]) -> bool:
         """Wait until every event admitted before ``mark`` is settled; False at deadline."""
-        clock = self._clock
         me = threading.get_ident()
         with self._lock:
             while not self._settled_below(mark, me):
-                left = None if deadline is None else deadline - clock.monotonic()
+                left = None if deadline is None else deadline.left()
                 if left is not None and left <= 0:
                     return False
                 self._flush_marks.append(mark)
                 try:
-                    clock.wait(self._settled, left)
+                    self._clock.wait(self._settled, left)
                 finally:
                     self._flush_marks.remove(mark)
             return True
@@ -419,41 +368,63 @@ class Buffer:
         """Refuse new events from now on (they are dropped with reason ``shutdown``)."""
         with self._lock:
             self._accepting = False
-            self._room.notify_all()
+            self.overflow.closed()
 
     def abandon(self) -> list[CustomEvent]:
         """Drop everything still pending, in flight included, with reason ``shutdown``.
-
-        Returns the dropped events, oldest first, for ``on_error``.
-        """
+        Returns the dropped events, oldest first, for ``on_error``."""
         with self._lock:
-            victims = list(self._ready)
+            victims = self._store.drain()
             victims += [entry[2].event for entry in sorted(self._delayed)]
             victims += [job.event for job in sorted(self._in_flight, key=lambda j: j.seq)]
-            self._counters.dropped[SHUTDOWN] += len(victims)
-            self._ready.clear()
+            self.counters.dropped[SHUTDOWN] += len(victims)
+            self._store.settled(victims)
             self._taken = self._appended
             self._delayed.clear()
             self._in_flight.clear()
-            self._timer.notify_all()
-            self._settled.notify_all()
-            self._room.notify_all()
+            self._wake_all()
             return victims
 
     def stop(self) -> None:
-        """Wake every waiting worker and have ``take`` return None from now on."""
+        """Wake every waiting thread; ``take`` returns None from now on."""
         with self._lock:
             self._stopping = True
-            self._jobs.notify_all()
-            self._timer.notify_all()
+            self._wake_all()
+
+    def retire_when_idle(self) -> None:
+        """Nobody holds the tracker any more: workers end once nothing is pending."""
+        with self._lock:
+            self._retire_when_idle = True
+            self._work.notify_all()
+
+    def _wake_all(self) -> None:
+        self._work.notify_all()
+        self._settled.notify_all()
+        self.overflow.closed()
+        self._turns.wake_all()
 
     # -- reading ---------------------------------------------------------------------------
 
     def stats(self) -> Stats:
         with self._lock:
-            return self._counters.snapshot(self._pending())
+            return self.counters.snapshot(
+                self._pending(), self._pacer.rate(self._clock.monotonic())
+            )
 
     @property
     def pending(self) -> int:
         with self._lock:
             return self._pending()
+
+    def add_thread(self, cap: int) -> bool:
+        """Count one more worker thread about to start; False when ``cap`` are running."""
+        with self._lock:
+            if self.threads >= cap or self._stopping:
+                return False
+            self.threads += 1
+            return True
+
+    def thread_failed(self) -> None:
+        """A counted worker thread could not start."""
+        with self._lock:
+            self.threads -= 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 
 class Clock:
@@ -31,3 +31,22 @@ class Clock:
 
 
 SYSTEM_CLOCK = Clock()
+
+
+class Deadline:
+    """A moment by which something must be done, on a given time source: a tracker's
+    clock for flush(timeout), real time for the exit flush (nothing advances a test's
+    fake clock while the interpreter exits)."""
+
+    __slots__ = ("_at", "_now")
+
+    def __init__(self, seconds: float, now: Callable[[], float] = time.monotonic) -> None:
+        self._now = now
+        self._at = now() + seconds
+
+    def left(self) -> float:
+        """Seconds left, never below 0."""
+        return max(0.0, self._at - self._now())
+
+    def expired(self) -> bool:
+        return self._now() >= self._at

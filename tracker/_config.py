@@ -172,6 +172,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _to_path(value: object) -> object:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _check_ca_bundle(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not os.path.exists(value):
+        raise ConfigError(
+            f"'ca_bundle' must be the path of a CA bundle file or directory (got {value!r})"
+        )
+
+
+def _default_workers(config: Config) -> int:
+    # Paced, the concurrency follows the round trip up to this cap; unpaced, it is the cap,
+    # and a handful of threads saturate a loopback server.
+    return 64 if config.rate_limit is not None else 16
+
+
 def _show_rate(value: Optional[float]) -> str:
     return "off" if value is None else repr(value)
 
@@ -192,10 +211,13 @@ class Config:
     block_timeout: Optional[float] = attrs.field(
         default=None, validator=_check_float(0, optional=True)
     )
-    # 16 threads keep 200 req/s flowing with round trips of up to ~80 ms.
-    workers: int = attrs.field(default=16, validator=_check_int(1, 256))
     rate_limit: Optional[float] = attrs.field(
         default=200.0, validator=_check_float(0, low_open=True, optional=True), repr=_show_rate
+    )
+    # The cap on requests in flight (and sending threads); below it the tracker runs what
+    # the rate and the measured round trip need. 64 hold 200 req/s up to ~300 ms.
+    workers: int = attrs.field(
+        default=attrs.Factory(_default_workers, takes_self=True), validator=_check_int(1, 256)
     )
     max_retries: int = attrs.field(default=10, validator=_check_int(0, 100))
     max_retry_time: float = attrs.field(default=300.0, validator=_check_float(0, low_open=True))
@@ -204,6 +226,9 @@ class Config:
     max_retry_after: float = attrs.field(default=60.0, validator=_check_float(0, low_open=True))
     default_retry_after: float = attrs.field(default=1.0, validator=_check_float(0))
     timeout: float = attrs.field(default=10.0, validator=_check_float(0, low_open=True))
+    ca_bundle: Optional[str] = attrs.field(
+        default=None, converter=_to_path, validator=_check_ca_bundle
+    )
     exit_timeout: float = attrs.field(default=5.0, validator=_check_float(0))
     flush_at_exit: bool = attrs.field(default=True, validator=_check_bool)
     on_success: Optional[SuccessCallback] = attrs.field(default=None, validator=_check_callback)
@@ -315,6 +340,7 @@ _ENV: Mapping[str, tuple[str, Callable[[str, str, str], Any]]] = {
     "overflow": ("PX_OVERFLOW", _env_text),
     "workers": ("PX_WORKERS", _env_int),
     "rate_limit": ("PX_RATE_LIMIT", _env_rate),
+    "ca_bundle": ("PX_CA_BUNDLE", _env_text),
 }
 
 _FIELD_NAMES = frozenset(a.name for a in attrs.fields(Config))

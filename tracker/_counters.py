@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Optional
 
 import attrs
 
@@ -31,6 +32,9 @@ class Stats:
     rate_limited: int
     failed_by_reason: Mapping[str, int]
     dropped_by_reason: Mapping[str, int]
+    #: The rate the senders pace at now (requests per second), below ``rate_limit`` while
+    #: the tracker backs off after 429s; None when pacing is off.
+    send_rate: Optional[float] = None
 
 
 class Counters:
@@ -47,7 +51,7 @@ class Counters:
         self.failed: dict[str, int] = dict.fromkeys(FAIL_REASONS, 0)
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
-    def snapshot(self, pending: int) -> Stats:
+    def snapshot(self, pending: int, send_rate: Optional[float]) -> Stats:
         return Stats(
             tracked=self.tracked,
             delivered=self.delivered,
@@ -58,4 +62,5 @@ class Counters:
             rate_limited=self.rate_limited,
             failed_by_reason=dict(self.failed),
             dropped_by_reason=dict(self.dropped),
+            send_rate=send_rate,
         )

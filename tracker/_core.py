@@ -1,0 +1,101 @@
+"""One process's pipeline behind a Tracker: buffer, pacer, store, transport, senders."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from importlib import metadata
+from typing import Optional
+
+import requests
+
+from tracker._buffer import Buffer
+from tracker._callbacks import Outcomes, Warnings
+from tracker._clock import Deadline
+from tracker._config import Config
+from tracker._counters import SHUTDOWN
+from tracker._pacing import LocalPacer
+from tracker._store import MemoryStore
+from tracker._transport import build_transport
+from tracker._workers import Sender, WorkerPool
+
+logger = logging.getLogger("tracker")
+
+try:
+    VERSION = metadata.version("px-tracker")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    VERSION = "0+unknown"
+
+USER_AGENT = f"px-tracker/{VERSION} python-requests/{requests.__version__}"
+
+
+class Core:
+    """Built once per process per Tracker: at construction, and again in a forked child,
+    where the parent's locks may have been held mid-operation, its threads do not exist
+    and its queue is the parent's to send."""
+
+    def __init__(self, config: Config, warnings: Warnings) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.lock = threading.RLock()  # start and finish, one at a time
+        self.buffer = buffer = Buffer(
+            config,
+            LocalPacer(config.rate_limit, config.workers),
+            MemoryStore(config.max_queue_size),
+        )
+        self.outcomes = Outcomes(config, warnings)
+        self.transport = build_transport(config, USER_AGENT, config.workers + 2)
+        self.sender = Sender(config, buffer, self.transport, self.outcomes)
+        self.pool = WorkerPool(buffer, self.sender, config.workers)
+        buffer.overflow.may_block = self.pool.not_on_worker_thread
+        self.background = config.send and not config.sync_mode
+        self.started = False
+        self.finished = False
+
+    def start(self) -> None:
+        """Start the first sender (eagerly: Python 3.12+ refuses new threads at exit)."""
+        with self.lock:
+            if not self.started and not self.finished and self.background:
+                self.pool.start()
+            self.started = True
+
+    def flush(self, deadline: Optional[Deadline]) -> bool:
+        mark = self.buffer.mark()
+        pool = self.pool
+        if self.background and (pool.owns_current_thread() or not pool.alive()):
+            # A callback on a sender thread must not wait for itself, and with no threads
+            # (refused at interpreter exit) somebody has to send: this thread does.
+            return self.sender.drain(mark, deadline)
+        return self.buffer.wait_settled(mark, deadline)
+
+    def close(self) -> None:
+        """Refuse new events from now on."""
+        self.buffer.close()
+
+    def finish(self, deadline: Deadline, timeout: float) -> bool:
+        """Flush until ``deadline``, drop what is left (reason ``shutdown``, told to
+        on_error) and stop the senders. True when nothing had to be dropped."""
+        with self.lock:
+            if self.finished:
+                return True
+            self.finished = True
+            self.buffer.close()
+            delivered_all = self.flush(deadline)
+            abandoned = self.buffer.abandon()
+            self.buffer.stop()
+            if self.pool.join(deadline):
+                self.transport.close()
+        if abandoned:
+            logger.warning(
+                "shutdown: %d event(s) not settled within %.1fs were dropped",
+                len(abandoned),
+                timeout,
+            )
+            self.outcomes.dropped(abandoned, SHUTDOWN)
+        return delivered_all and not abandoned
+
+    def orphan(self) -> None:
+        """Nobody holds the Tracker any more: its senders end once nothing is pending, and
+        then nothing keeps this pipeline (or its connections) alive."""
+        self.buffer.retire_when_idle()

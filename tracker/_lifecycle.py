@@ -1,0 +1,126 @@
+"""Every live tracker of the process: flushed at exit within one deadline, rebuilt after fork.
+
+The registry holds trackers and their pipelines weakly. A Tracker nobody references is
+collected; its pipeline keeps sending what it holds (its sender threads keep it alive)
+and ends when nothing is left, so code that builds a Tracker per job does not pile up
+threads. At exit, every pipeline still alive is flushed, all against one real-time
+deadline: ``exit_timeout`` bounds the whole exit however many trackers there are, and a
+test's fake clock (which nothing advances at exit) cannot hold the process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Callable
+
+from tracker._clock import Deadline
+
+if TYPE_CHECKING:
+    from tracker._core import Core
+
+logger = logging.getLogger("tracker")
+
+
+class Rebuildable:
+    """What the registry needs of a Tracker: a new pipeline in a forked child."""
+
+    def _after_fork(self) -> None:
+        raise NotImplementedError
+
+
+_trackers: weakref.WeakSet[Rebuildable] = weakref.WeakSet()
+_cores: weakref.WeakSet[Core] = weakref.WeakSet()
+_lock = threading.Lock()
+_pid = os.getpid()
+_fork_hooks: list[Callable[[], None]] = []
+
+
+def register(tracker: Rebuildable) -> None:
+    with _lock:
+        _trackers.add(tracker)
+
+
+def add_core(core: Core) -> None:
+    with _lock:
+        _cores.add(core)
+
+
+def discard_core(core: Core) -> None:
+    with _lock:
+        _cores.discard(core)
+
+
+def on_fork(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in every forked child, before the trackers rebuild."""
+    _fork_hooks.append(hook)
+
+
+def shutdown_all_at_exit() -> None:
+    """Finish every live pipeline that flushes at exit, against one real-time deadline
+    per tracker, all counted from now."""
+    check_fork()
+    with _lock:
+        cores = [core for core in _cores if core.config.flush_at_exit and not core.finished]
+    if not cores:
+        return
+    start = time.monotonic()
+    for core in cores:
+        core.close()  # nothing new while the others flush
+    for core in cores:
+        timeout = core.config.exit_timeout
+        deadline = Deadline(max(0.0, start + timeout - time.monotonic()))
+        try:
+            core.finish(deadline, timeout)
+        except Exception:
+            logger.exception("exit flush failed")
+
+
+def check_fork() -> bool:
+    """Rebuild after a fork that our hook did not see (a C-level fork, as uWSGI's).
+    True when this call did it."""
+    if os.getpid() == _pid:
+        return False
+    _after_fork_in_child()
+    return True
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _pid
+    _lock = threading.Lock()  # may have been held by a parent thread at the fork
+    if _pid == os.getpid():
+        return
+    _pid = os.getpid()
+    _cores.clear()  # the parent's: its queue is the parent's to send
+    for hook in _fork_hooks:
+        hook()
+    for tracker in list(_trackers):
+        tracker._after_fork()  # senders start on the child's first use
+    # multiprocessing's children leave through os._exit(), which skips atexit: have its
+    # own exit hook (a Finalize, registered once the child has cleared inherited ones)
+    # flush us too.
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.register_after_fork(_MP_TOKEN, _register_mp_exit_flush)
+
+
+class _Token:
+    """A weak-referenceable key for multiprocessing's after-fork registry."""
+
+
+_MP_TOKEN = _Token()
+
+
+def _register_mp_exit_flush(_: object) -> None:
+    mp_util = sys.modules["multiprocessing.util"]
+    mp_util.Finalize(None, shutdown_all_at_exit, exitpriority=100)
+
+
+atexit.register(shutdown_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,228 @@
+"""When the next request may start: client-side pacing that learns the server's limit.
+
+A ``Pacer`` answers three questions for the senders of one tracker, under the buffer's lock
+(as ``Counters`` is): may a request start now (``turn``), what a 429 means for everyone
+(``rate_limited``), and how many requests should be in flight (``concurrency``). The
+in-process ``LocalPacer`` is the one implementation here; the fleet limiter (Redis) keeps
+the same state across processes behind the same interface.
+
+Closed loop, because PX does not document its limiter's algorithm or burst:
+
+- **Slots**: a GCRA on the moments requests actually start (not when they were planned),
+  at the current rate, with bursts of ``BURST_SECONDS`` worth. A sender that starts late
+  does not let the next one start early: a downstream leaky bucket sees what we planned.
+- **429**: every sender pauses until Retry-After. A 429 to a request sent after the last
+  decrease (and a second or more after it) is new evidence: the rate drops to
+  ``DECREASE`` of what it was and bursts stop (one request at a time) for
+  ``BURST_MEMORY`` seconds; the planning restarts at the end of the pause with no burst
+  credit, so the pause is not followed by a burst.
+- **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
+  the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
+  probe past the real limit costs one pause; the slow phase keeps those rare.
+- **Concurrency** (Little's law): requests in flight = rate x measured latency x
+  ``HEADROOM``, between 1 and the ``workers`` cap, so 200/s holds at any round trip.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from typing import Callable, Optional, Protocol
+
+from tracker._clock import Clock
+
+BURST_SECONDS = 0.05  # the largest burst, in seconds' worth of the rate
+DECREASE = 0.8  # the rate after new evidence of a limit, as a share of the rate before
+PLATEAU = 0.95  # fast recovery up to this share of the rate that drew the 429...
+FAST_RECOVERY = 0.05  # ...at this share of the ceiling per second,
+SLOW_RECOVERY = 0.005  # then slowly beyond it, up to the ceiling
+MIN_RATE_SHARE = 0.01  # never below 1% of the ceiling
+DECREASE_EVERY = 1.0  # seconds: at most one decrease per second, since limits are per second
+BURST_MEMORY = 300.0  # seconds without a 429 before bursts are allowed again
+HEADROOM = 1.5  # requests in flight beyond what Little's law needs at the mean latency
+LATENCY_UP = 0.5  # EWMA weights: latency rises are followed fast, falls slowly
+LATENCY_DOWN = 0.1
+
+
+class Pacer(Protocol):
+    """The pacing seam. Every method runs under the buffer's lock except ``refill``."""
+
+    def turn(self, now: float) -> float:
+        """0.0 when a request may start now (the slot is taken), else seconds to wait."""
+
+    def paused_until(self) -> float:
+        """The monotonic time before which no request may start (0: not paused)."""
+
+    def rate_limited(self, now: float, sent_at: float, pause: float) -> None:
+        """A 429 answered a request started at ``sent_at``: pause everyone ``pause`` s."""
+
+    def answered(self, now: float, sent_at: float) -> None:
+        """Any other answer to a request started at ``sent_at`` (its latency)."""
+
+    def concurrency(self) -> int:
+        """How many requests should be in flight at most, now."""
+
+    def rate(self, now: float) -> Optional[float]:
+        """The sending rate in effect (requests per second), None when not paced."""
+
+    def wants_refill(self) -> bool:
+        """True when ``turn`` waits on something only ``refill`` can bring (Redis)."""
+
+    def refill(self) -> None:
+        """Blocking work outside the buffer's lock (a round trip to shared state)."""
+
+
+class LocalPacer:
+    """The in-process pacer: see the module docstring."""
+
+    def __init__(self, rate_limit: Optional[float], workers: int) -> None:
+        self._ceiling = rate_limit
+        self._cap = workers
+        self._burst0 = 1 if rate_limit is None else max(1, round(BURST_SECONDS * rate_limit))
+        self._burst = self._burst0
+        self._tat = 0.0  # GCRA: the theoretical arrival time of the next request
+        self._paused_until = 0.0
+        self._last_429 = -math.inf
+        self._decreased_at = -math.inf  # the last decrease, and the rates around it
+        self._rate_after = rate_limit or 0.0
+        self._rate_before = rate_limit or 0.0
+        self._latency: Optional[float] = None  # EWMA of seconds from start to answer
+
+    # -- the rate --------------------------------------------------------------------------
+
+    def rate(self, now: float) -> Optional[float]:
+        ceiling = self._ceiling
+        if ceiling is None:
+            return None
+        since = now - self._decreased_at
+        if since == math.inf:
+            return ceiling
+        rate = self._rate_after
+        plateau = min(ceiling, PLATEAU * self._rate_before)
+        fast = FAST_RECOVERY * ceiling * since
+        if rate + fast <= plateau:
+            return rate + fast
+        # Past the plateau: the slow phase, from the moment the fast one reached it.
+        reached = max(0.0, plateau - rate) / (FAST_RECOVERY * ceiling)
+        return min(ceiling, max(rate, plateau) + SLOW_RECOVERY * ceiling * (since - reached))
+
+    def _burst_now(self, now: float) -> int:
+        if self._burst < self._burst0 and now - self._last_429 >= BURST_MEMORY:
+            self._burst = self._burst0
+        return self._burst
+
+    # -- the seam --------------------------------------------------------------------------
+
+    def turn(self, now: float) -> float:
+        if now < self._paused_until:
+            return self._paused_until - now
+        rate = self.rate(now)
+        if rate is None:
+            return 0.0
+        interval = 1.0 / rate
+        tolerance = (self._burst_now(now) - 1) * interval
+        tat = max(self._tat, now)
+        if tat - tolerance > now:
+            return tat - tolerance - now
+        self._tat = tat + interval
+        return 0.0
+
+    def paused_until(self) -> float:
+        return self._paused_until
+
+    def rate_limited(self, now: float, sent_at: float, pause: float) -> None:
+        ceiling = self._ceiling
+        if (
+            ceiling is not None
+            and sent_at >= self._decreased_at
+            and now - self._decreased_at >= DECREASE_EVERY
+        ):
+            # New evidence: this request was planned after our last reaction to a 429
+            # (and a while after it: 429s unrelated to our rate must not drive it down
+            # faster than it recovers).
+            before = self.rate(now) or ceiling
+            self._rate_before = before
+            self._rate_after = max(MIN_RATE_SHARE * ceiling, DECREASE * before)
+            self._decreased_at = now
+            self._burst = 1
+        self._last_429 = now
+        self._paused_until = max(self._paused_until, now + pause)
+        # Re-plan from the end of the pause with no burst credit: the slots that came due
+        # during the pause must not all go out together when it ends.
+        rate = self.rate(now)
+        if rate is not None:
+            self._tat = max(self._tat, self._paused_until + (self._burst - 1) / rate)
+
+    def answered(self, now: float, sent_at: float) -> None:
+        latency = max(0.0, now - sent_at)
+        previous = self._latency
+        if previous is None:
+            self._latency = latency
+        else:
+            weight = LATENCY_UP if latency > previous else LATENCY_DOWN
+            self._latency = previous + weight * (latency - previous)
+
+    def concurrency(self) -> int:
+        rate = self._ceiling  # what we may climb back to: size for it
+        latency = self._latency
+        if rate is None:
+            return self._cap
+        if latency is None:
+            return 1  # the first answer tells the round trip; until then, one at a time
+        return max(1, min(self._cap, math.ceil(rate * latency * HEADROOM)))
+
+    def wants_refill(self) -> bool:
+        return False
+
+    def refill(self) -> None:
+        return None
+
+
+class Turns:
+    """The line of senders waiting for the pacer's slot, first come first served: only the
+    first waits for the time, the others for it to go (one wake-up per request, not one
+    per waiting sender). Used with the buffer's lock held."""
+
+    def __init__(self, lock: threading.Lock, clock: Clock, pacer: Pacer) -> None:
+        self._lock = lock
+        self._clock = clock
+        self._pacer = pacer
+        self._line: deque[threading.Condition] = deque()
+
+    def wait(self, wanted: Callable[[], bool]) -> bool:
+        """Wait for a slot while ``wanted()``; True when the slot is taken."""
+        clock = self._clock
+        pacer = self._pacer
+        line = self._line
+        if not wanted():
+            return False
+        if not line and pacer.turn(clock.monotonic()) <= 0:
+            return True
+        me = threading.Condition(self._lock)
+        line.append(me)
+        try:
+            while wanted():
+                if line[0] is not me:
+                    clock.wait(me, None)
+                    continue
+                wait = pacer.turn(clock.monotonic())
+                if wait <= 0:
+                    return True
+                if pacer.wants_refill():
+                    self._lock.release()
+                    try:
+                        pacer.refill()
+                    finally:
+                        self._lock.acquire()
+                    continue
+                clock.wait(me, wait)
+            return False
+        finally:
+            line.remove(me)
+            if line:
+                line[0].notify()
+
+    def wake_all(self) -> None:
+        for waiter in self._line:
+            waiter.notify()
