@@ -1,90 +1,33 @@
-"""The testing kit: FakePX, a real local PX endpoint with faults, and FakeClock.
-
-    from tracker.testing import FakePX
-    with FakePX(api_key="k") as px:
-        t = Tracker("k", product_key="AP-1", base_url=px.url)
-        t.track("u1", "signup"); t.flush()
-        assert px.events[0]["eventName"] == "signup"
-
-With pytest, the ``fake_px`` fixture (installed with the package) gives a started one.
-"""
+"""FakePX: a real local PX events endpoint that records what arrived and injects faults."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
-import socket
-import sys
 import threading
 import time
-import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import attrs
-from requests.structures import CaseInsensitiveDict
 
-from tracker._clock import Clock
-
-__all__ = ["FakeClock", "FakePX", "RecordedRequest"]
-
-EVENTS_PATH = "/v1/events/custom"
-API_KEY_HEADER = "X-APTRINSIC-API-KEY"
-USER_TYPES = ("LEAD", "USER", "VISITOR", "EMPTY_USER_TYPE")
-REQUIRED = ("identifyId", "propertyKey", "userType", "eventName")
-CONNECTION_THREAD = "fake-px-connection"
-CREATED_BODY = {"body": {}, "statusCode": "CREATED", "statusCodeValue": 201}
-
-
-def px_error(status: int, message: str, sub_errors: Iterable[str] = ()) -> dict[str, Any]:
-    """An error body in the shape PX answers with."""
-    return {
-        "externalapierror": {
-            "status": HTTPStatus(status).name if status in HTTPStatus._value2member_map_ else "",
-            "message": message,
-            "debugMessage": None,
-            "subErrors": [{"message": text} for text in sub_errors],
-        }
-    }
-
-
-def _default_body(status: int) -> dict[str, Any]:
-    if 200 <= status < 300:
-        return dict(CREATED_BODY, statusCode=HTTPStatus(status).name, statusCodeValue=status)
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    return px_error(status, phrase)
-
-
-class Headers(CaseInsensitiveDict):  # type: ignore[type-arg]
-    """Request headers, looked up case-insensitively; the API key is masked in the repr
-    so a failing assertion never prints it."""
-
-    def __repr__(self) -> str:
-        shown = {k: ("***" if k.lower() == API_KEY_HEADER.lower() else v) for k, v in self.items()}
-        return repr(shown)
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request FakePX received and what it answered (``status`` None: it dropped the
-    connection instead). Times are ``time.monotonic()`` values."""
-
-    method: str
-    path: str
-    headers: Headers
-    body: Any  # the parsed JSON body, or None when there was none or it was not JSON
-    arrived_at: float
-    answered_at: float
-    status: Optional[int]
-    raw_body: bytes = attrs.field(repr=False, default=b"")
-    client_port: int = 0  # the client's source port: one per keep-alive connection
+from tracker.testing._server import Handler, Server
+from tracker.testing._wire import (
+    API_KEY_HEADER,
+    CREATED_BODY,
+    EVENTS_PATH,
+    Headers,
+    RecordedRequest,
+    default_body,
+    parse_json,
+    px_error,
+    validate_event,
+)
 
 
 @attrs.define
@@ -93,64 +36,6 @@ class _Scripted:
     headers: Mapping[str, str]
     body: Any
     times: int
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], px: FakePX) -> None:
-        self.px = px
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
-        # Nagle + delayed ACK would add ~40 ms to every keep-alive exchange.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.sockets_lock:
-            self.open_sockets.add(sock)
-        return sock, address
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        # One thread per connection, named so that thread listings (and tests that count
-        # threads) can tell FakePX's apart on every Python version.
-        threading.current_thread().name = CONNECTION_THREAD
-        super().process_request_thread(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went away mid-answer is normal for a test server; anything
-        # else is a FakePX bug worth seeing.
-        exc = sys.exc_info()[1]
-        if not isinstance(exc, (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
-
-    def close_all_connections(self) -> None:
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def do_POST(self) -> None:
-        self.server.px._handle(self)
-
-    do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_POST
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # FakePX reports through on_request, never on stderr
 
 
 class FakePX:
@@ -197,7 +82,7 @@ class FakePX:
         self._events: list[dict[str, Any]] = []
         self._requests: list[RecordedRequest] = []
         self._script: deque[_Scripted] = deque()
-        self._server: Optional[_Server] = None
+        self._server: Optional[Server] = None
         self._thread: Optional[threading.Thread] = None
         self._open = threading.Event()
         self._open.set()
@@ -313,7 +198,7 @@ class FakePX:
     def start(self) -> FakePX:
         if self._server is not None:
             return self
-        self._server = _Server((self._host, self._port), self)
+        self._server = Server((self._host, self._port), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -381,7 +266,7 @@ class FakePX:
                 self._script.popleft()
             body = scripted.body
             if body is None and scripted.status is not None:
-                body = _default_body(scripted.status)
+                body = default_body(scripted.status)
             return scripted.status, dict(scripted.headers), body, latency
         if self.drop_rate and rng.random() < self.drop_rate:
             return None, {}, None, latency
@@ -401,7 +286,7 @@ class FakePX:
             return 400, {}, px_error(400, "Validation failed", problems), latency
         return 201, {}, CREATED_BODY, latency
 
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: Handler) -> None:
         arrived = time.monotonic()
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length > 0 else b""
@@ -415,7 +300,7 @@ class FakePX:
             status, extra, body, latency = self._decide(method, path, headers, raw, arrived)
         if latency > 0:
             time.sleep(latency)
-        parsed = _parse(raw)
+        parsed = parse_json(raw)
         with self._lock:
             self._in_progress -= 1
             record = RecordedRequest(
@@ -453,73 +338,5 @@ class FakePX:
         head += [f"{name}: {value}" for name, value in extra.items()]
         if handler.close_connection:
             head.append("Connection: close")
-        # Status line, headers and body in a single send (see _Server.get_request).
+        # Status line, headers and body in a single send (see Server.get_request).
         handler.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
-
-
-def _parse(raw: bytes) -> Any:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def validate_event(raw: bytes) -> list[str]:
-    """What PX would refuse in this request body (empty when it would accept it)."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return ["body is not valid JSON"]
-    if not isinstance(data, dict):
-        return ["body must be a JSON object"]
-    problems = [
-        f"{name} must not be null or empty"
-        for name in REQUIRED
-        if not isinstance(data.get(name), str) or not data[name]
-    ]
-    if isinstance(data.get("userType"), str) and data["userType"] not in USER_TYPES:
-        problems.append(f"userType must be one of {', '.join(USER_TYPES)}")
-    if "date" in data and (isinstance(data["date"], bool) or not isinstance(data["date"], int)):
-        problems.append("date must be an integer (epoch milliseconds)")
-    for name in ("attributes", "globalContext"):
-        if name in data and not isinstance(data[name], dict):
-            problems.append(f"{name} must be an object")
-    return problems
-
-
-class FakeClock(Clock):
-    """A clock that moves only when told to: ``advance(seconds)`` moves time forward and
-    wakes every tracker waiting on it, so backoff, pauses and deadlines run instantly."""
-
-    def __init__(self, start: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
-        self._lock = threading.Lock()
-        self._now = start
-        self._wall_offset = wall - start
-        self._conditions: weakref.WeakSet[threading.Condition] = weakref.WeakSet()
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def time(self) -> float:
-        return self._now + self._wall_offset
-
-    def time_ms(self) -> int:
-        return int(self.time() * 1000)
-
-    def wait(self, cond: threading.Condition, timeout: Optional[float]) -> None:
-        if timeout is not None and timeout <= 0:
-            return
-        with self._lock:
-            self._conditions.add(cond)
-        # Real time only as a safety net: advance() or a state change wakes us.
-        cond.wait(0.5)
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-            conditions = list(self._conditions)
-        for cond in conditions:
-            with cond:
-                cond.notify_all()
