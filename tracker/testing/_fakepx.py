@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from tracker.testing._limits import Limiter, check_limit, make_limiter
 from tracker.testing._server import Handler, Server
 from tracker.testing._wire import (
     API_KEY_HEADER,
@@ -44,9 +45,19 @@ class FakePX:
 
     Answers, in this order: a scripted answer (``respond_next``); a dropped connection
     (``drop_rate``); 404 for another path, 405 for another method; 401 for a missing or
-    wrong key; 429 over ``rate_limit`` (a token bucket of that many requests per second
-    with one second's worth of burst); 500 at ``fail_rate``; 400 for a body PX would
-    refuse; else 201. ``latency`` (plus up to ``latency_jitter``) delays every answer.
+    wrong key; 429 over ``rate_limit`` (requests per second, as decided by ``limiter``);
+    500 at ``fail_rate``; 400 for a body PX would refuse; else 201. ``latency`` (plus up
+    to ``latency_jitter``) delays every answer.
+
+    ``limiter="token_bucket"`` (the default) is a bucket of ``burst + 1`` tokens refilled
+    at ``rate_limit`` per second; ``burst=None`` gives one second's worth. ``"leaky"``
+    applies nginx's ``limit_req`` at ``rate_limit`` r/s with ``burst`` (None: 0) in
+    nginx's integer arithmetic at millisecond resolution: a request over the burst gets
+    429, one within it is answered at once (``delay=False``, nginx's ``nodelay``) or
+    held until it conforms to the rate (``delay=True``, nginx's default; see
+    ``RecordedRequest.delayed``). One limit covers every request FakePX answers. Setting
+    any of ``rate_limit``, ``limiter``, ``burst``, ``delay`` while running starts the
+    limiter afresh (a full bucket, no excess).
     """
 
     def __init__(
@@ -57,6 +68,9 @@ class FakePX:
         fail_rate: float = 0.0,
         rate_limit: Optional[float] = None,
         retry_after: Union[float, str, None] = 1,
+        limiter: str = "token_bucket",
+        burst: Optional[int] = None,
+        delay: bool = False,
         latency: float = 0.0,
         latency_jitter: float = 0.0,
         drop_rate: float = 0.0,
@@ -67,13 +81,18 @@ class FakePX:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._rng = random.Random(seed)
-        self._tokens = 0.0
-        self._refilled = time.monotonic()
+        check_limit(rate_limit, limiter, burst, delay)
+        self._rate_limit, self._limiter_kind, self._burst, self._delay = (
+            rate_limit,
+            limiter,
+            burst,
+            delay,
+        )
+        self._limiter: Optional[Limiter] = make_limiter(rate_limit, limiter, burst, delay)
         self._host = host
         self._port = port
         self.api_key = api_key
         self.fail_rate = fail_rate
-        self.rate_limit = rate_limit
         self.retry_after = retry_after
         self.latency = latency
         self.latency_jitter = latency_jitter
@@ -96,10 +115,48 @@ class FakePX:
 
     @rate_limit.setter
     def rate_limit(self, value: Optional[float]) -> None:
+        self._set_limit(value, self._limiter_kind, self._burst, self._delay)
+
+    @property
+    def limiter(self) -> str:
+        """``"token_bucket"`` or ``"leaky"`` (nginx ``limit_req``)."""
+        return self._limiter_kind
+
+    @limiter.setter
+    def limiter(self, value: str) -> None:
+        self._set_limit(self._rate_limit, value, self._burst, self._delay)
+
+    @property
+    def burst(self) -> Optional[int]:
+        """Requests that may arrive at once beyond the first; None: the limiter's default."""
+        return self._burst
+
+    @burst.setter
+    def burst(self, value: Optional[int]) -> None:
+        self._set_limit(self._rate_limit, self._limiter_kind, value, self._delay)
+
+    @property
+    def delay(self) -> bool:
+        """Leaky bucket only: hold requests within the burst instead of answering at once."""
+        return self._delay
+
+    @delay.setter
+    def delay(self, value: bool) -> None:
+        self._set_limit(self._rate_limit, self._limiter_kind, self._burst, value)
+
+    def _set_limit(
+        self, rate_limit: Optional[float], limiter: str, burst: Optional[int], delay: bool
+    ) -> None:
+        check_limit(rate_limit, limiter, burst, delay)
+        fresh = make_limiter(rate_limit, limiter, burst, delay)
         with self._lock:
-            self._rate_limit = value
-            self._tokens = max(1.0, value) if value else 0.0
-            self._refilled = time.monotonic()
+            self._rate_limit, self._limiter_kind, self._burst, self._delay = (
+                rate_limit,
+                limiter,
+                burst,
+                delay,
+            )
+            self._limiter = fresh
 
     def respond_next(
         self,
@@ -231,18 +288,6 @@ class FakePX:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def _take_token(self, now: float) -> bool:
-        rate = self._rate_limit
-        if not rate:
-            return True
-        burst = max(1.0, rate)
-        self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
     def _retry_after_header(self) -> dict[str, str]:
         value = self.retry_after
         if value is None:
@@ -254,9 +299,9 @@ class FakePX:
         return {"Retry-After": str(int(number)) if number.is_integer() else str(number)}
 
     def _decide(
-        self, method: str, path: str, headers: Headers, raw: bytes, now: float
-    ) -> tuple[Optional[int], dict[str, str], Any, float]:
-        """(status or None to drop, extra headers, body, latency), lock held."""
+        self, method: str, path: str, headers: Headers, raw: bytes
+    ) -> tuple[Optional[int], dict[str, str], Any, float, float]:
+        """(status or None to drop, extra headers, body, latency, limiter delay), lock held."""
         rng = self._rng
         latency = self.latency + (rng.uniform(0, self.latency_jitter) if self.latency_jitter else 0)
         if self._script:
@@ -267,24 +312,29 @@ class FakePX:
             body = scripted.body
             if body is None and scripted.status is not None:
                 body = default_body(scripted.status)
-            return scripted.status, dict(scripted.headers), body, latency
+            return scripted.status, dict(scripted.headers), body, latency, 0.0
         if self.drop_rate and rng.random() < self.drop_rate:
-            return None, {}, None, latency
+            return None, {}, None, latency, 0.0
         if path != EVENTS_PATH:
-            return 404, {}, px_error(404, f"No handler found for {method} {path}"), latency
+            return 404, {}, px_error(404, f"No handler found for {method} {path}"), latency, 0.0
         if method != "POST":
-            return 405, {"Allow": "POST"}, px_error(405, f"Method {method} not allowed"), latency
+            error = px_error(405, f"Method {method} not allowed")
+            return 405, {"Allow": "POST"}, error, latency, 0.0
         key = headers.get(API_KEY_HEADER)
         if not key or (self.api_key is not None and key != self.api_key):
-            return 401, {}, px_error(401, "Authentication failed: invalid API key"), latency
-        if not self._take_token(now):
-            return 429, self._retry_after_header(), px_error(429, "Rate limit exceeded"), latency
+            return 401, {}, px_error(401, "Authentication failed: invalid API key"), latency, 0.0
+        # The time of the decision, not of arrival: decisions are taken in lock order, so
+        # the limiter sees time move forward only (and a held request counts when released).
+        held = self._limiter.admit(time.monotonic()) if self._limiter is not None else 0.0
+        if held is None:
+            error = px_error(429, "Rate limit exceeded")
+            return 429, self._retry_after_header(), error, latency, 0.0
         if self.fail_rate and rng.random() < self.fail_rate:
-            return 500, {}, px_error(500, "Internal server error"), latency
+            return 500, {}, px_error(500, "Internal server error"), latency, held
         problems = validate_event(raw)
         if problems:
-            return 400, {}, px_error(400, "Validation failed", problems), latency
-        return 201, {}, CREATED_BODY, latency
+            return 400, {}, px_error(400, "Validation failed", problems), latency, held
+        return 201, {}, CREATED_BODY, latency, held
 
     def _handle(self, handler: Handler) -> None:
         arrived = time.monotonic()
@@ -297,9 +347,10 @@ class FakePX:
             self._in_progress += 1
         self._open.wait()
         with self._lock:
-            status, extra, body, latency = self._decide(method, path, headers, raw, arrived)
-        if latency > 0:
-            time.sleep(latency)
+            status, extra, body, latency, held = self._decide(method, path, headers, raw)
+        # Like nginx, the limiter holds the request first; the server's latency comes after.
+        if held + latency > 0:
+            time.sleep(held + latency)
         parsed = parse_json(raw)
         with self._lock:
             self._in_progress -= 1
@@ -313,6 +364,7 @@ class FakePX:
                 status,
                 raw,
                 handler.client_address[1],
+                held,
             )
             self._requests.append(record)
             if status is not None and 200 <= status < 300 and isinstance(parsed, dict):

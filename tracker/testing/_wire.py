@@ -49,7 +49,8 @@ class Headers(CaseInsensitiveDict):  # type: ignore[type-arg]
 @attrs.frozen
 class RecordedRequest:
     """One request FakePX received and what it answered (``status`` None: it dropped the
-    connection instead). Times are ``time.monotonic()`` values."""
+    connection instead). Times are ``time.monotonic()`` values; ``delayed`` is how long
+    the leaky-bucket limiter in delaying mode held it before answering (else 0)."""
 
     method: str
     path: str
@@ -60,6 +61,7 @@ class RecordedRequest:
     status: Optional[int]
     raw_body: bytes = attrs.field(repr=False, default=b"")
     client_port: int = 0  # the client's source port: one per keep-alive connection
+    delayed: float = 0.0
 
 
 def parse_json(raw: bytes) -> Any:
