@@ -238,14 +238,27 @@ class Nginx:
                 text += (self.directory / name).read_text(errors="replace")
         return text
 
-    def records(self) -> list[Logged]:
-        """nginx's access log so far, one entry per answered request, in log order."""
+    def records(self, at_least: int = 0, timeout: float = 5.0) -> list[Logged]:
+        """nginx's access log, one entry per answered request, in log order. nginx logs a
+        request after its answer went out, so a client can read the answer first: pass
+        ``at_least`` to wait (up to ``timeout``) for that many entries."""
+        deadline = time.monotonic() + timeout
+        while True:
+            logged = self._read_access_log()
+            if len(logged) >= at_least or time.monotonic() >= deadline:
+                return logged
+            time.sleep(0.005)
+
+    def _read_access_log(self) -> list[Logged]:
         try:
-            lines = (self.directory / "access.log").read_text().splitlines()
+            text = (self.directory / "access.log").read_text()
         except FileNotFoundError:
             return []
         logged = []
-        for line in lines:
+        # A line being written has no newline yet: only whole lines count.
+        for line in text.splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
             at, status, verdict, took = line.split()
             logged.append(Logged(float(at), int(status), verdict, float(took)))
         return logged

@@ -89,6 +89,7 @@ class FakePX:
             delay,
         )
         self._limiter: Optional[Limiter] = make_limiter(rate_limit, limiter, burst, delay)
+        self._limiter_held = 0.0  # how long the last _decide() had the limiter hold it
         self._host = host
         self._port = port
         self.api_key = api_key
@@ -299,9 +300,13 @@ class FakePX:
         return {"Retry-After": str(int(number)) if number.is_integer() else str(number)}
 
     def _decide(
-        self, method: str, path: str, headers: Headers, raw: bytes
-    ) -> tuple[Optional[int], dict[str, str], Any, float, float]:
-        """(status or None to drop, extra headers, body, latency, limiter delay), lock held."""
+        self, method: str, path: str, headers: Headers, raw: bytes, now: float
+    ) -> tuple[Optional[int], dict[str, str], Any, float]:
+        """(status or None to drop, extra headers, body, seconds to wait before answering),
+        lock held. ``now`` is the time of the decision, not of arrival: decisions are taken
+        in lock order, so the limiter sees time move forward only (and a request that
+        ``hold()`` kept counts when released). Subclasses in the tests override this; the
+        wait includes the limiter's hold, also noted in ``_limiter_held``."""
         rng = self._rng
         latency = self.latency + (rng.uniform(0, self.latency_jitter) if self.latency_jitter else 0)
         if self._script:
@@ -312,29 +317,28 @@ class FakePX:
             body = scripted.body
             if body is None and scripted.status is not None:
                 body = default_body(scripted.status)
-            return scripted.status, dict(scripted.headers), body, latency, 0.0
+            return scripted.status, dict(scripted.headers), body, latency
         if self.drop_rate and rng.random() < self.drop_rate:
-            return None, {}, None, latency, 0.0
+            return None, {}, None, latency
         if path != EVENTS_PATH:
-            return 404, {}, px_error(404, f"No handler found for {method} {path}"), latency, 0.0
+            return 404, {}, px_error(404, f"No handler found for {method} {path}"), latency
         if method != "POST":
-            error = px_error(405, f"Method {method} not allowed")
-            return 405, {"Allow": "POST"}, error, latency, 0.0
+            return 405, {"Allow": "POST"}, px_error(405, f"Method {method} not allowed"), latency
         key = headers.get(API_KEY_HEADER)
         if not key or (self.api_key is not None and key != self.api_key):
-            return 401, {}, px_error(401, "Authentication failed: invalid API key"), latency, 0.0
-        # The time of the decision, not of arrival: decisions are taken in lock order, so
-        # the limiter sees time move forward only (and a held request counts when released).
-        held = self._limiter.admit(time.monotonic()) if self._limiter is not None else 0.0
+            return 401, {}, px_error(401, "Authentication failed: invalid API key"), latency
+        held = self._limiter.admit(now) if self._limiter is not None else 0.0
         if held is None:
-            error = px_error(429, "Rate limit exceeded")
-            return 429, self._retry_after_header(), error, latency, 0.0
+            return 429, self._retry_after_header(), px_error(429, "Rate limit exceeded"), latency
+        # Like nginx, the limiter holds the request first; the server's latency comes after.
+        self._limiter_held = held
+        latency += held
         if self.fail_rate and rng.random() < self.fail_rate:
-            return 500, {}, px_error(500, "Internal server error"), latency, held
+            return 500, {}, px_error(500, "Internal server error"), latency
         problems = validate_event(raw)
         if problems:
-            return 400, {}, px_error(400, "Validation failed", problems), latency, held
-        return 201, {}, CREATED_BODY, latency, held
+            return 400, {}, px_error(400, "Validation failed", problems), latency
+        return 201, {}, CREATED_BODY, latency
 
     def _handle(self, handler: Handler) -> None:
         arrived = time.monotonic()
@@ -347,10 +351,12 @@ class FakePX:
             self._in_progress += 1
         self._open.wait()
         with self._lock:
-            status, extra, body, latency, held = self._decide(method, path, headers, raw)
-        # Like nginx, the limiter holds the request first; the server's latency comes after.
-        if held + latency > 0:
-            time.sleep(held + latency)
+            self._limiter_held = 0.0  # an overriding _decide() may answer before the limiter
+            decided = self._decide(method, path, headers, raw, time.monotonic())
+            status, extra, body, latency = decided
+            held = self._limiter_held
+        if latency > 0:
+            time.sleep(latency)
         parsed = parse_json(raw)
         with self._lock:
             self._in_progress -= 1
