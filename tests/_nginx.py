@@ -133,8 +133,8 @@ class Nginx:
     upstream_keepalive: int = 32
     keepalive_requests: int = 1000  # nginx's default: a client connection is closed after it
     log_rejections: bool = False  # "limiting requests" lines in error.log
-    port: int = 0
-    process: Optional[subprocess.Popen[bytes]] = field(default=None, repr=False)
+    port: int = field(default=0, init=False)  # chosen free by start()
+    process: Optional[subprocess.Popen[bytes]] = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:

@@ -147,8 +147,12 @@ class TestLimiterOptions:
             ({"burst": True}, "'burst' must be a whole number >= 0, or None (got True)"),
             ({"delay": "yes"}, "'delay' must be True or False (got 'yes')"),
             ({"delay": True}, "'delay' applies to limiter='leaky' only"),
-            ({"rate_limit": -5}, "'rate_limit' must be a number of requests per second >= 0"),
-            ({"rate_limit": float("nan")}, "'rate_limit' must be a number"),
+            (
+                {"rate_limit": -5},
+                "'rate_limit' must be a finite number of requests per second >= 0",
+            ),
+            ({"rate_limit": float("inf")}, "(got inf)"),
+            ({"rate_limit": float("nan")}, "(got nan)"),
         ],
     )
     def test_bad_options_name_the_option_and_the_rule(

@@ -81,14 +81,8 @@ class FakePX:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._rng = random.Random(seed)
-        check_limit(rate_limit, limiter, burst, delay)
-        self._rate_limit, self._limiter_kind, self._burst, self._delay = (
-            rate_limit,
-            limiter,
-            burst,
-            delay,
-        )
-        self._limiter: Optional[Limiter] = make_limiter(rate_limit, limiter, burst, delay)
+        self._limiter: Optional[Limiter] = None
+        self._set_limit(rate_limit, limiter, burst, delay)
         self._limiter_held = 0.0  # how long the last _decide() had the limiter hold it
         self._host = host
         self._port = port

@@ -105,7 +105,7 @@ def check_limit(rate_limit: object, limiter: object, burst: object, delay: objec
         or math.isinf(rate_limit)
     ):
         raise ValueError(
-            f"'rate_limit' must be a number of requests per second >= 0, or None "
+            f"'rate_limit' must be a finite number of requests per second >= 0, or None "
             f"(got {rate_limit!r})"
         )
     if limiter not in LIMITERS:
