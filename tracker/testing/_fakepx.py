@@ -1,90 +1,34 @@
-"""The testing kit: FakePX, a real local PX endpoint with faults, and FakeClock.
-
-    from tracker.testing import FakePX
-    with FakePX(api_key="k") as px:
-        t = Tracker("k", product_key="AP-1", base_url=px.url)
-        t.track("u1", "signup"); t.flush()
-        assert px.events[0]["eventName"] == "signup"
-
-With pytest, the ``fake_px`` fixture (installed with the package) gives a started one.
-"""
+"""FakePX: a real local PX events endpoint that records what arrived and injects faults."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
-import socket
-import sys
 import threading
 import time
-import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 import attrs
-from requests.structures import CaseInsensitiveDict
 
-from tracker._clock import Clock
-
-__all__ = ["FakeClock", "FakePX", "RecordedRequest"]
-
-EVENTS_PATH = "/v1/events/custom"
-API_KEY_HEADER = "X-APTRINSIC-API-KEY"
-USER_TYPES = ("LEAD", "USER", "VISITOR", "EMPTY_USER_TYPE")
-REQUIRED = ("identifyId", "propertyKey", "userType", "eventName")
-CONNECTION_THREAD = "fake-px-connection"
-CREATED_BODY = {"body": {}, "statusCode": "CREATED", "statusCodeValue": 201}
-
-
-def px_error(status: int, message: str, sub_errors: Iterable[str] = ()) -> dict[str, Any]:
-    """An error body in the shape PX answers with."""
-    return {
-        "externalapierror": {
-            "status": HTTPStatus(status).name if status in HTTPStatus._value2member_map_ else "",
-            "message": message,
-            "debugMessage": None,
-            "subErrors": [{"message": text} for text in sub_errors],
-        }
-    }
-
-
-def _default_body(status: int) -> dict[str, Any]:
-    if 200 <= status < 300:
-        return dict(CREATED_BODY, statusCode=HTTPStatus(status).name, statusCodeValue=status)
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    return px_error(status, phrase)
-
-
-class Headers(CaseInsensitiveDict):  # type: ignore[type-arg]
-    """Request headers, looked up case-insensitively; the API key is masked in the repr
-    so a failing assertion never prints it."""
-
-    def __repr__(self) -> str:
-        shown = {k: ("***" if k.lower() == API_KEY_HEADER.lower() else v) for k, v in self.items()}
-        return repr(shown)
-
-
-@attrs.frozen
-class RecordedRequest:
-    """One request FakePX received and what it answered (``status`` None: it dropped the
-    connection instead). Times are ``time.monotonic()`` values."""
-
-    method: str
-    path: str
-    headers: Headers
-    body: Any  # the parsed JSON body, or None when there was none or it was not JSON
-    arrived_at: float
-    answered_at: float
-    status: Optional[int]
-    raw_body: bytes = attrs.field(repr=False, default=b"")
-    client_port: int = 0  # the client's source port: one per keep-alive connection
+from tracker.testing._limits import Limiter, check_limit, make_limiter
+from tracker.testing._server import Handler, Server
+from tracker.testing._wire import (
+    API_KEY_HEADER,
+    CREATED_BODY,
+    EVENTS_PATH,
+    Headers,
+    RecordedRequest,
+    default_body,
+    parse_json,
+    px_error,
+    validate_event,
+)
 
 
 @attrs.define
@@ -95,73 +39,25 @@ class _Scripted:
     times: int
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], px: FakePX) -> None:
-        self.px = px
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
-        # Nagle + delayed ACK would add ~40 ms to every keep-alive exchange.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.sockets_lock:
-            self.open_sockets.add(sock)
-        return sock, address
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        # One thread per connection, named so that thread listings (and tests that count
-        # threads) can tell FakePX's apart on every Python version.
-        threading.current_thread().name = CONNECTION_THREAD
-        super().process_request_thread(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went away mid-answer is normal for a test server; anything
-        # else is a FakePX bug worth seeing.
-        exc = sys.exc_info()[1]
-        if not isinstance(exc, (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
-
-    def close_all_connections(self) -> None:
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def do_POST(self) -> None:
-        self.server.px._handle(self)
-
-    do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_POST
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # FakePX reports through on_request, never on stderr
-
-
 class FakePX:
     """A real HTTP/1.1 keep-alive server on 127.0.0.1 that answers like PX's
     ``POST /v1/events/custom``, with faults you can set at construction or any time later.
 
     Answers, in this order: a scripted answer (``respond_next``); a dropped connection
     (``drop_rate``); 404 for another path, 405 for another method; 401 for a missing or
-    wrong key; 429 over ``rate_limit`` (a token bucket of that many requests per second
-    with one second's worth of burst); 500 at ``fail_rate``; 400 for a body PX would
-    refuse; else 201. ``latency`` (plus up to ``latency_jitter``) delays every answer.
+    wrong key; 429 over ``rate_limit`` (requests per second, as decided by ``limiter``);
+    500 at ``fail_rate``; 400 for a body PX would refuse; else 201. ``latency`` (plus up
+    to ``latency_jitter``) delays every answer.
+
+    ``limiter="token_bucket"`` (the default) is a bucket of ``burst + 1`` tokens refilled
+    at ``rate_limit`` per second; ``burst=None`` gives one second's worth. ``"leaky"``
+    applies nginx's ``limit_req`` at ``rate_limit`` r/s with ``burst`` (None: 0) in
+    nginx's integer arithmetic at millisecond resolution: a request over the burst gets
+    429, one within it is answered at once (``delay=False``, nginx's ``nodelay``) or
+    held until it conforms to the rate (``delay=True``, nginx's default; see
+    ``RecordedRequest.delayed``). One limit covers every request FakePX answers. Setting
+    any of ``rate_limit``, ``limiter``, ``burst``, ``delay`` while running starts the
+    limiter afresh (a full bucket, no excess).
     """
 
     def __init__(
@@ -172,6 +68,9 @@ class FakePX:
         fail_rate: float = 0.0,
         rate_limit: Optional[float] = None,
         retry_after: Union[float, str, None] = 1,
+        limiter: str = "token_bucket",
+        burst: Optional[int] = None,
+        delay: bool = False,
         latency: float = 0.0,
         latency_jitter: float = 0.0,
         drop_rate: float = 0.0,
@@ -182,13 +81,13 @@ class FakePX:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._rng = random.Random(seed)
-        self._tokens = 0.0
-        self._refilled = time.monotonic()
+        self._limiter: Optional[Limiter] = None
+        self._set_limit(rate_limit, limiter, burst, delay)
+        self._limiter_held = 0.0  # how long the last _decide() had the limiter hold it
         self._host = host
         self._port = port
         self.api_key = api_key
         self.fail_rate = fail_rate
-        self.rate_limit = rate_limit
         self.retry_after = retry_after
         self.latency = latency
         self.latency_jitter = latency_jitter
@@ -197,7 +96,7 @@ class FakePX:
         self._events: list[dict[str, Any]] = []
         self._requests: list[RecordedRequest] = []
         self._script: deque[_Scripted] = deque()
-        self._server: Optional[_Server] = None
+        self._server: Optional[Server] = None
         self._thread: Optional[threading.Thread] = None
         self._open = threading.Event()
         self._open.set()
@@ -211,10 +110,48 @@ class FakePX:
 
     @rate_limit.setter
     def rate_limit(self, value: Optional[float]) -> None:
+        self._set_limit(value, self._limiter_kind, self._burst, self._delay)
+
+    @property
+    def limiter(self) -> str:
+        """``"token_bucket"`` or ``"leaky"`` (nginx ``limit_req``)."""
+        return self._limiter_kind
+
+    @limiter.setter
+    def limiter(self, value: str) -> None:
+        self._set_limit(self._rate_limit, value, self._burst, self._delay)
+
+    @property
+    def burst(self) -> Optional[int]:
+        """Requests that may arrive at once beyond the first; None: the limiter's default."""
+        return self._burst
+
+    @burst.setter
+    def burst(self, value: Optional[int]) -> None:
+        self._set_limit(self._rate_limit, self._limiter_kind, value, self._delay)
+
+    @property
+    def delay(self) -> bool:
+        """Leaky bucket only: hold requests within the burst instead of answering at once."""
+        return self._delay
+
+    @delay.setter
+    def delay(self, value: bool) -> None:
+        self._set_limit(self._rate_limit, self._limiter_kind, self._burst, value)
+
+    def _set_limit(
+        self, rate_limit: Optional[float], limiter: str, burst: Optional[int], delay: bool
+    ) -> None:
+        check_limit(rate_limit, limiter, burst, delay)
+        fresh = make_limiter(rate_limit, limiter, burst, delay)
         with self._lock:
-            self._rate_limit = value
-            self._tokens = max(1.0, value) if value else 0.0
-            self._refilled = time.monotonic()
+            self._rate_limit, self._limiter_kind, self._burst, self._delay = (
+                rate_limit,
+                limiter,
+                burst,
+                delay,
+            )
+            self._limiter = fresh
 
     def respond_next(
         self,
@@ -313,7 +250,7 @@ class FakePX:
     def start(self) -> FakePX:
         if self._server is not None:
             return self
-        self._server = _Server((self._host, self._port), self)
+        self._server = Server((self._host, self._port), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -346,18 +283,6 @@ class FakePX:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def _take_token(self, now: float) -> bool:
-        rate = self._rate_limit
-        if not rate:
-            return True
-        burst = max(1.0, rate)
-        self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
     def _retry_after_header(self) -> dict[str, str]:
         value = self.retry_after
         if value is None:
@@ -371,7 +296,11 @@ class FakePX:
     def _decide(
         self, method: str, path: str, headers: Headers, raw: bytes, now: float
     ) -> tuple[Optional[int], dict[str, str], Any, float]:
-        """(status or None to drop, extra headers, body, latency), lock held."""
+        """(status or None to drop, extra headers, body, seconds to wait before answering),
+        lock held. ``now`` is the time of the decision, not of arrival: decisions are taken
+        in lock order, so the limiter sees time move forward only (and a request that
+        ``hold()`` kept counts when released). Subclasses in the tests override this; the
+        wait includes the limiter's hold, also noted in ``_limiter_held``."""
         rng = self._rng
         latency = self.latency + (rng.uniform(0, self.latency_jitter) if self.latency_jitter else 0)
         if self._script:
@@ -381,7 +310,7 @@ class FakePX:
                 self._script.popleft()
             body = scripted.body
             if body is None and scripted.status is not None:
-                body = _default_body(scripted.status)
+                body = default_body(scripted.status)
             return scripted.status, dict(scripted.headers), body, latency
         if self.drop_rate and rng.random() < self.drop_rate:
             return None, {}, None, latency
@@ -392,8 +321,12 @@ class FakePX:
         key = headers.get(API_KEY_HEADER)
         if not key or (self.api_key is not None and key != self.api_key):
             return 401, {}, px_error(401, "Authentication failed: invalid API key"), latency
-        if not self._take_token(now):
+        held = self._limiter.admit(now) if self._limiter is not None else 0.0
+        if held is None:
             return 429, self._retry_after_header(), px_error(429, "Rate limit exceeded"), latency
+        # Like nginx, the limiter holds the request first; the server's latency comes after.
+        self._limiter_held = held
+        latency += held
         if self.fail_rate and rng.random() < self.fail_rate:
             return 500, {}, px_error(500, "Internal server error"), latency
         problems = validate_event(raw)
@@ -401,7 +334,7 @@ class FakePX:
             return 400, {}, px_error(400, "Validation failed", problems), latency
         return 201, {}, CREATED_BODY, latency
 
-    def _handle(self, handler: _Handler) -> None:
+    def _handle(self, handler: Handler) -> None:
         arrived = time.monotonic()
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length > 0 else b""
@@ -412,10 +345,13 @@ class FakePX:
             self._in_progress += 1
         self._open.wait()
         with self._lock:
-            status, extra, body, latency = self._decide(method, path, headers, raw, arrived)
+            self._limiter_held = 0.0  # an overriding _decide() may answer before the limiter
+            decided = self._decide(method, path, headers, raw, time.monotonic())
+            status, extra, body, latency = decided
+            held = self._limiter_held
         if latency > 0:
             time.sleep(latency)
-        parsed = _parse(raw)
+        parsed = parse_json(raw)
         with self._lock:
             self._in_progress -= 1
             record = RecordedRequest(
@@ -428,6 +364,7 @@ class FakePX:
                 status,
                 raw,
                 handler.client_address[1],
+                held,
             )
             self._requests.append(record)
             if status is not None and 200 <= status < 300 and isinstance(parsed, dict):
@@ -453,73 +390,5 @@ class FakePX:
         head += [f"{name}: {value}" for name, value in extra.items()]
         if handler.close_connection:
             head.append("Connection: close")
-        # Status line, headers and body in a single send (see _Server.get_request).
+        # Status line, headers and body in a single send (see Server.get_request).
         handler.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
-
-
-def _parse(raw: bytes) -> Any:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
-
-
-def validate_event(raw: bytes) -> list[str]:
-    """What PX would refuse in this request body (empty when it would accept it)."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return ["body is not valid JSON"]
-    if not isinstance(data, dict):
-        return ["body must be a JSON object"]
-    problems = [
-        f"{name} must not be null or empty"
-        for name in REQUIRED
-        if not isinstance(data.get(name), str) or not data[name]
-    ]
-    if isinstance(data.get("userType"), str) and data["userType"] not in USER_TYPES:
-        problems.append(f"userType must be one of {', '.join(USER_TYPES)}")
-    if "date" in data and (isinstance(data["date"], bool) or not isinstance(data["date"], int)):
-        problems.append("date must be an integer (epoch milliseconds)")
-    for name in ("attributes", "globalContext"):
-        if name in data and not isinstance(data[name], dict):
-            problems.append(f"{name} must be an object")
-    return problems
-
-
-class FakeClock(Clock):
-    """A clock that moves only when told to: ``advance(seconds)`` moves time forward and
-    wakes every tracker waiting on it, so backoff, pauses and deadlines run instantly."""
-
-    def __init__(self, start: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
-        self._lock = threading.Lock()
-        self._now = start
-        self._wall_offset = wall - start
-        self._conditions: weakref.WeakSet[threading.Condition] = weakref.WeakSet()
-
-    def monotonic(self) -> float:
-        return self._now
-
-    def time(self) -> float:
-        return self._now + self._wall_offset
-
-    def time_ms(self) -> int:
-        return int(self.time() * 1000)
-
-    def wait(self, cond: threading.Condition, timeout: Optional[float]) -> None:
-        if timeout is not None and timeout <= 0:
-            return
-        with self._lock:
-            self._conditions.add(cond)
-        # Real time only as a safety net: advance() or a state change wakes us.
-        cond.wait(0.5)
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-            conditions = list(self._conditions)
-        for cond in conditions:
-            with cond:
-                cond.notify_all()
