@@ -172,7 +172,7 @@ SERVER_SIDE = [
     "*/http/client.py",
     "*/threading.py",
     "*/email/*",
-    "*/tracker/testing.py",
+    "*/tracker/testing/*",
     "*/tracemalloc.py",
     __file__,
 ]
