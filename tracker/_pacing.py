@@ -11,11 +11,16 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
 - **Slots**: a GCRA on the moments requests actually start (not when they were planned),
   at the current rate, with bursts of ``BURST_SECONDS`` worth. A sender that starts late
   does not let the next one start early: a downstream leaky bucket sees what we planned.
-- **429**: every sender pauses until Retry-After. A 429 to a request sent after the last
-  decrease (and a second or more after it) is new evidence: the rate drops to
-  ``DECREASE`` of what it was and bursts stop (one request at a time) for
-  ``BURST_MEMORY`` seconds; the planning restarts at the end of the pause with no burst
-  credit, so the pause is not followed by a burst.
+  One at a time (no bursts), a request also waits for the interval after the server may
+  have seen the one before (up to its answer), so a slow answer does not make it early.
+- **Bursts**: none for the first ``BURST_WARMUP`` seconds (a backlog at start goes out
+  evenly); a 429 while bursting only stops bursts, for ``BURST_MEMORY`` seconds.
+- **429**: every sender pauses until Retry-After. A 429 to a request sent one at a time,
+  planned after our last reaction and a second or more after the last decrease, is new
+  evidence about the rate: after a run of answers at that rate (``NEAR_SECONDS``' worth),
+  or the first time, the limit is near and the rate drops to ``DECREASE_NEAR`` of what it
+  was; refused at once, it is far and the rate drops to ``DECREASE``. Planning restarts
+  at the end of the pause with no burst credit, so the pause is not followed by a burst.
 - **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
   the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
   probe past the real limit costs one pause; the slow phase keeps those rare.
@@ -33,13 +38,16 @@ from typing import Callable, Optional, Protocol
 from tracker._clock import Clock
 
 BURST_SECONDS = 0.05  # the largest burst, in seconds' worth of the rate
-DECREASE = 0.8  # the rate after new evidence of a limit, as a share of the rate before
+DECREASE = 0.5  # the rate after a 429 soon after (re)starting, as a share of the rate before
+DECREASE_NEAR = 0.9  # the same after NEAR_SECONDS' worth of answers at that rate
+NEAR_SECONDS = 0.1
 PLATEAU = 0.95  # fast recovery up to this share of the rate that drew the 429...
-FAST_RECOVERY = 0.05  # ...at this share of the ceiling per second,
+FAST_RECOVERY = 0.2  # ...at this share of the ceiling per second,
 SLOW_RECOVERY = 0.005  # then slowly beyond it, up to the ceiling
 MIN_RATE_SHARE = 0.01  # never below 1% of the ceiling
 DECREASE_EVERY = 1.0  # seconds: at most one decrease per second, since limits are per second
-BURST_MEMORY = 300.0  # seconds without a 429 before bursts are allowed again
+BURST_WARMUP = 5.0  # seconds of sending before the first bursts
+BURST_MEMORY = 300.0  # seconds after a 429 to a burst before bursts are allowed again
 HEADROOM = 1.5  # requests in flight beyond what Little's law needs at the mean latency
 LATENCY_UP = 0.5  # EWMA weights: latency rises are followed fast, falls slowly
 LATENCY_DOWN = 0.1
@@ -80,14 +88,21 @@ class LocalPacer:
         self._ceiling = rate_limit
         self._cap = workers
         self._burst0 = 1 if rate_limit is None else max(1, round(BURST_SECONDS * rate_limit))
-        self._burst = self._burst0
+        # One at a time until BURST_WARMUP has passed without a 429: a backlog at start
+        # goes out evenly, and only later idle time earns burst credit.
+        self._burst = 1
+        self._bursts_from: Optional[float] = None
         self._tat = 0.0  # GCRA: the theoretical arrival time of the next request
         self._paused_until = 0.0
-        self._last_429 = -math.inf
+        self._reacted_at = -math.inf  # the last reaction to a 429 (bursts or rate)
+        self._recover_from = -math.inf
+        self._answers_since_reaction = 0
         self._decreased_at = -math.inf  # the last decrease, and the rates around it
         self._rate_after = rate_limit or 0.0
         self._rate_before = rate_limit or 0.0
         self._latency: Optional[float] = None  # EWMA of seconds from start to answer
+        self._min_latency = 0.0 if rate_limit is None else math.inf
+        self._last_answer = -math.inf
 
     # -- the rate --------------------------------------------------------------------------
 
@@ -95,9 +110,10 @@ class LocalPacer:
         ceiling = self._ceiling
         if ceiling is None:
             return None
-        since = now - self._decreased_at
-        if since == math.inf:
+        if self._decreased_at == -math.inf:
             return ceiling
+        # Recovery starts when the pause that came with the decrease ends.
+        since = max(0.0, now - self._recover_from)
         rate = self._rate_after
         plateau = min(ceiling, PLATEAU * self._rate_before)
         fast = FAST_RECOVERY * ceiling * since
@@ -108,8 +124,11 @@ class LocalPacer:
         return min(ceiling, max(rate, plateau) + SLOW_RECOVERY * ceiling * (since - reached))
 
     def _burst_now(self, now: float) -> int:
-        if self._burst < self._burst0 and now - self._last_429 >= BURST_MEMORY:
-            self._burst = self._burst0
+        if self._burst < self._burst0:
+            if self._bursts_from is None:
+                self._bursts_from = now + BURST_WARMUP
+            if now >= self._bursts_from:
+                self._burst = self._burst0
         return self._burst
 
     # -- the seam --------------------------------------------------------------------------
@@ -125,6 +144,13 @@ class LocalPacer:
         tat = max(self._tat, now)
         if tat - tolerance > now:
             return tat - tolerance - now
+        if tolerance == 0.0:
+            # One at a time: the server may have seen the last request as late as just
+            # before it answered. A slow answer (a busy server) must not make the next
+            # request look early to it.
+            earliest = self._last_answer - self._min_latency + interval
+            if earliest > now:
+                return earliest - now
         self._tat = tat + interval
         return 0.0
 
@@ -133,20 +159,35 @@ class LocalPacer:
 
     def rate_limited(self, now: float, sent_at: float, pause: float) -> None:
         ceiling = self._ceiling
-        if (
-            ceiling is not None
-            and sent_at >= self._decreased_at
-            and now - self._decreased_at >= DECREASE_EVERY
-        ):
-            # New evidence: this request was planned after our last reaction to a 429
-            # (and a while after it: 429s unrelated to our rate must not drive it down
-            # faster than it recovers).
-            before = self.rate(now) or ceiling
-            self._rate_before = before
-            self._rate_after = max(MIN_RATE_SHARE * ceiling, DECREASE * before)
-            self._decreased_at = now
-            self._burst = 1
-        self._last_429 = now
+        # Evidence only from requests planned after our last reaction to a 429.
+        if ceiling is not None and sent_at >= self._reacted_at:
+            if self._burst > 1:
+                # While bursting: the server tolerates smaller bursts than ours. Stop
+                # bursting first; the rate itself is not in question yet.
+                self._burst = 1
+                self._bursts_from = now + BURST_MEMORY
+                self._reacted_at = now
+                self._answers_since_reaction = 0
+            elif now - self._decreased_at >= DECREASE_EVERY:
+                # One at a time and still refused: the rate is too high. At most once a
+                # second, so that 429s unrelated to our rate cannot drive it down
+                # faster than it recovers.
+                before = self.rate(now) or ceiling
+                # Refused after a run of answers at this rate (a tenth of a second's
+                # worth), or for the first time at the configured ceiling (jitter at the
+                # documented limit): the limit is near, step down a little. Refused at
+                # once after a decrease: far, halve.
+                near = self._decreased_at == -math.inf or self._answers_since_reaction >= max(
+                    2.0, NEAR_SECONDS * before
+                )
+                self._rate_before = before
+                self._rate_after = max(
+                    MIN_RATE_SHARE * ceiling, (DECREASE_NEAR if near else DECREASE) * before
+                )
+                self._decreased_at = self._reacted_at = now
+                self._answers_since_reaction = 0
+                self._recover_from = max(self._paused_until, now + pause)
+        self._last_answer = max(self._last_answer, now)
         self._paused_until = max(self._paused_until, now + pause)
         # Re-plan from the end of the pause with no burst credit: the slots that came due
         # during the pause must not all go out together when it ends.
@@ -156,6 +197,10 @@ class LocalPacer:
 
     def answered(self, now: float, sent_at: float) -> None:
         latency = max(0.0, now - sent_at)
+        self._last_answer = max(self._last_answer, now)
+        self._min_latency = min(self._min_latency, latency)
+        if sent_at >= self._reacted_at:
+            self._answers_since_reaction += 1
         previous = self._latency
         if previous is None:
             self._latency = latency
