@@ -87,19 +87,32 @@ class CustomEvent:
 
 
 # Event ids need uniqueness, not secrecy: a private generator seeded from os.urandom is
-# several times cheaper than uuid.uuid4(), immune to a user's random.seed(), and reseeded
-# in a forked child so parent and child never produce the same ids.
+# several times cheaper than uuid.uuid4() and immune to a user's random.seed(). A process
+# must never continue a sequence it inherited: the generator is reseeded when the pid is
+# not the one it was seeded in. Python's fork hooks cannot be relied on for that (uWSGI
+# forks its workers from C, where they never run); the pid check costs one getpid().
 _ids = random.Random()
+_ids_pid = os.getpid()
+
+
+def _reseed() -> None:
+    global _ids_pid
+    _ids.seed(os.urandom(32))
+    _ids_pid = os.getpid()  # after seeding: no thread may draw from the inherited state
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_ids.seed)
+    os.register_at_fork(after_in_child=_reseed)
 
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID as a string."""
-    h = "%032x" % ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    """A random (version 4) UUID as a string, never one another process produces too."""
+    if os.getpid() != _ids_pid:
+        _reseed()
+    h = ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET).to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
