@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import json
 import pickle
-import random
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -155,20 +154,10 @@ class TestDate:
 
 
 class TestEventId:
-    def test_default_is_a_fresh_uuid4(self, dry: Tracker) -> None:
-        ids = {dry.track("u1", "e") for _ in range(1000)}
-        assert len(ids) == 1000
-        for event_id in list(ids)[:50]:
-            assert uuid.UUID(str(event_id)).version == 4
-
-    def test_ids_do_not_depend_on_the_global_random_seed(self, dry: Tracker) -> None:
-        random.seed(7)
-        first = dry.track("u1", "e")
-        random.seed(7)
-        assert dry.track("u1", "e") != first
-
     def test_given_event_id_is_kept(self, sent: Callable[..., Any]) -> None:
         assert sent("u1", "e", event_id="my-id-1")["eventId"] == "my-id-1"
+
+    # Generated ids: tests/test_event_ids.py
 
 
 class TestAttributes:

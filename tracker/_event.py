@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import enum
-import json
-import math
 import os
 import random
-from collections.abc import Mapping
-from datetime import date as Date
-from datetime import datetime, timedelta, timezone
-from decimal import Decimal
+from datetime import datetime
 from typing import Any, Callable, Optional
-from uuid import UUID
 
 import attrs
 
+from tracker._values import clean_mapping, describe, epoch_ms, int_digits, is_text, utf8
 from tracker.errors import ValidationError
+
+# is_text is re-exported: the config checks its strings with it.
+__all__ = ["CustomEvent", "UserType", "is_text", "make_event", "new_event_id"]
 
 MAX_EVENT_NAME = 2000
 MAX_ATTRIBUTES = 50
-MAX_ATTRIBUTE_NAME = 1024
-MAX_NESTING = 32
 _INT64 = 2**63
-# json refuses ints of more than sys.get_int_max_str_digits() (4300) decimal digits.
-_MAX_INT_BITS = 14_000
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MS = timedelta(milliseconds=1)
 
 
 class UserType(str, enum.Enum):
@@ -96,198 +87,82 @@ class CustomEvent:
 
 
 # Event ids need uniqueness, not secrecy: a private generator seeded from os.urandom is
-# several times cheaper than uuid.uuid4(), immune to a user's random.seed(), and reseeded
-# in a forked child so parent and child never produce the same ids.
+# several times cheaper than uuid.uuid4() and immune to a user's random.seed(). A process
+# must never continue a sequence it inherited: the generator is reseeded when the pid is
+# not the one it was seeded in. Python's fork hooks cannot be relied on for that (uWSGI
+# forks its workers from C, where they never run); the pid check costs one getpid().
 _ids = random.Random()
+_ids_pid = os.getpid()
+
+
+def _reseed() -> None:
+    global _ids_pid
+    _ids.seed(os.urandom(32))
+    _ids_pid = os.getpid()  # after seeding: no thread may draw from the inherited state
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_ids.seed)
+    os.register_at_fork(after_in_child=_reseed)
 
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID as a string."""
-    h = "%032x" % ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
+    """A random (version 4) UUID as a string, never one another process produces too."""
+    if os.getpid() != _ids_pid:
+        _reseed()
+    h = ((_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET).to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
-
-
-def is_text(value: str) -> bool:
-    """False when ``value`` holds lone surrogates: no UTF-8, so no JSON body, has them."""
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _utf8(field: str, value: str) -> str:
-    """``value``, or ValidationError when it is not valid text."""
-    if not is_text(value):
-        raise ValidationError(field, "contains lone surrogates: not valid text")
-    return value
-
-
 def _required_text(field: str, value: object) -> str:
-    if type(value) is str:
-        if value and not value.isspace():
-            return _utf8(field, value)
-        raise ValidationError(field, f"must be a non-empty string (got {value!r})")
-    if value is None:
+    """A required string (an int too, for identify_id) as the plain str PX gets."""
+    kind = type(value)
+    if kind is str:
+        text: str = value  # type: ignore[assignment]
+    elif value is None:
         raise ValidationError(field, "is required (got None)")
-    if isinstance(value, int) and not isinstance(value, bool) and field == "identify_id":
-        if value.bit_length() > _MAX_INT_BITS:
-            raise ValidationError(field, "is too large an integer")
-        return str(value)
-    if isinstance(value, str):
-        return _required_text(field, str(value))
-    raise ValidationError(field, f"must be a string (got {_show(value)})")
+    elif issubclass(kind, str):
+        text = str.__str__(value)
+    elif field == "identify_id" and issubclass(kind, int) and kind is not bool:
+        text = int_digits(field, int.__index__(value))  # type: ignore[arg-type]
+    else:
+        raise ValidationError(field, f"must be a string (got {describe(value)})")
+    if text and not text.isspace():
+        return utf8(field, text)
+    raise ValidationError(field, f"must be a non-empty string (got {describe(text)})")
 
 
 def _epoch_ms(field: str, value: object) -> int:
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValidationError(
-                field, f"must be timezone-aware; naive datetimes are ambiguous (got {value!r})"
-            )
-        value = (value - _EPOCH) // _ONE_MS
-    elif isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(
-            field, f"must be epoch milliseconds (int) or an aware datetime (got {_show(value)})"
-        )
-    if not -_INT64 <= value < _INT64:
-        raise ValidationError(field, f"must fit in a signed 64-bit integer (got {value})")
-    return int(value)
-
-
-def _iso_utc(path: str, value: datetime) -> str:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(
-            path, f"datetimes must be timezone-aware; naive ones are ambiguous (got {value!r})"
-        )
-    try:
-        text = value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-    except OverflowError:
-        raise ValidationError(path, f"is out of datetime's range in UTC (got {value!r})") from None
-    return text[:-6] + "Z"  # "+00:00" -> "Z"
-
-
-def _plain(path: str, value: Any, seen: set[int], depth: int) -> Any:
-    """``value`` as plain JSON data (str/int/float/bool/None/dict/list), or ValidationError."""
     kind = type(value)
-    if kind is str:
-        return _utf8(path, value)
-    if kind is int and value.bit_length() > _MAX_INT_BITS:
-        raise ValidationError(path, "is too large an integer for JSON")
-    if value is None or kind is bool or kind is int:
-        return value
-    if kind is float:
-        if math.isfinite(value):
-            return value
-        raise ValidationError(path, f"must be a finite number; JSON has no {value!r}")
-    if isinstance(value, enum.Enum):
-        return _plain(path, value.value, seen, depth)
-    if isinstance(value, datetime):
-        return _iso_utc(path, value)
-    if isinstance(value, Date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        if value.is_finite() and math.isfinite(float(value)):
-            return float(value)
-        raise ValidationError(path, f"must be a finite number; JSON has no {value!r}")
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return _plain(path, float(value), seen, depth)
-    if isinstance(value, (Mapping, list, tuple)):
-        if depth >= MAX_NESTING:
-            raise ValidationError(path, f"is nested deeper than {MAX_NESTING} levels")
-        if id(value) in seen:
-            raise ValidationError(path, "contains itself (a reference cycle)")
-        seen.add(id(value))
-        try:
-            if isinstance(value, Mapping):
-                out: dict[str, Any] = {}
-                for key, item in value.items():
-                    if not isinstance(key, str):
-                        raise ValidationError(
-                            f"{path}[{key!r}]", f"names must be strings (got {_show(key)})"
-                        )
-                    _utf8(path, key)
-                    out[key] = _plain(f"{path}[{key!r}]", item, seen, depth + 1)
-                return out
-            return [_plain(f"{path}[{i}]", item, seen, depth + 1) for i, item in enumerate(value)]
-        finally:
-            seen.discard(id(value))
+    if kind is int:
+        number: int = value  # type: ignore[assignment]
+    elif issubclass(kind, datetime):
+        number = epoch_ms(field, value)  # type: ignore[arg-type]
+    elif issubclass(kind, int) and kind is not bool:
+        number = int.__index__(value)  # type: ignore[arg-type]
+    else:
+        raise ValidationError(
+            field, f"must be epoch milliseconds (int) or an aware datetime (got {describe(value)})"
+        )
+    if not -_INT64 <= number < _INT64:
+        raise ValidationError(
+            field, f"must fit in a signed 64-bit integer (got {describe(number)})"
+        )
+    return number
+
+
+def _user_type(value: object) -> str:
+    """The wire spelling of a user type given other than as its exact upper-case str."""
+    if issubclass(type(value), str):
+        text = str.__str__(value)
+        wire = _USER_TYPES.get(text) or _USER_TYPES.get(text.upper())
+        if wire is not None:
+            return wire
     raise ValidationError(
-        path,
-        f"unsupported value type {type(value).__name__}; use str, int, float, bool, None, "
-        "an aware datetime, date, Decimal, UUID, Enum, or a dict/list/tuple of those",
+        "user_type", f"must be one of LEAD, USER, VISITOR, EMPTY_USER_TYPE (got {describe(value)})"
     )
-
-
-def _convert(path: str, value: Any) -> Any:
-    """A top-level attribute value that is not already a flat JSON scalar."""
-    plain = _plain(path, value, set(), 0)
-    if isinstance(plain, (dict, list)):
-        # PX stores nested values as strings; encoding them here is also what proves
-        # they can be encoded, in the caller's thread.
-        return json.dumps(plain, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return plain
-
-
-def clean_mapping(field: str, mapping: object, limit: Optional[int]) -> Optional[dict[str, Any]]:
-    """A copy of ``mapping`` with every value made PX-ready, or ValidationError."""
-    if mapping is None:
-        return None
-    if not isinstance(mapping, Mapping):
-        raise ValidationError(field, f"must be a dict of names to values (got {_show(mapping)})")
-    if limit is not None and len(mapping) > limit:
-        raise ValidationError(field, f"at most {limit} are allowed (got {len(mapping)})")
-    out: dict[str, Any] = {}
-    for name, value in mapping.items():
-        key = name
-        if type(key) is not str or not key or len(key) > MAX_ATTRIBUTE_NAME:
-            if not isinstance(key, str):
-                raise ValidationError(field, f"names must be strings (got {_show(key)})")
-            if not key:
-                raise ValidationError(field, "names must not be empty")
-            if len(key) > MAX_ATTRIBUTE_NAME:
-                raise ValidationError(
-                    f"{field}[{key[:40]!r}...]",
-                    f"names must be at most {MAX_ATTRIBUTE_NAME} characters (got {len(key)})",
-                )
-            key = str(key)
-        if not key.isascii():
-            _utf8(field, key)
-        kind = type(value)
-        if kind is str:
-            out[key] = value if value.isascii() else _utf8(f"{field}[{key!r}]", value)
-        elif (
-            value is None
-            or kind is bool
-            or (kind is int and value.bit_length() <= _MAX_INT_BITS)
-            or (kind is float and math.isfinite(value))
-        ):
-            out[key] = value
-        else:
-            out[key] = _convert(f"{field}[{key!r}]", value)
-    return out
 
 
 def make_event(
@@ -331,14 +206,10 @@ def make_event(
         raise ValidationError(
             "event_name", f"must be at most {MAX_EVENT_NAME} characters (got {len(name)})"
         )
-    wire_user_type = None
-    if isinstance(user_type, str):
-        wire_user_type = _USER_TYPES.get(user_type) or _USER_TYPES.get(user_type.upper())
+    # The exact str, not a subclass: its hash and __eq__ are str's own.
+    wire_user_type = _USER_TYPES.get(user_type) if type(user_type) is str else None
     if wire_user_type is None:
-        raise ValidationError(
-            "user_type",
-            f"must be one of LEAD, USER, VISITOR, EMPTY_USER_TYPE (got {_show(user_type)})",
-        )
+        wire_user_type = _user_type(user_type)
     if property_key is None:
         if default_property_key is None:
             raise ValidationError(
