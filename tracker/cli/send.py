@@ -112,10 +112,15 @@ def _api_key(args: argparse.Namespace) -> Optional[str]:
             "history; prefer --api-key-file PATH or PX_API_KEY",
         )
         return str(args.api_key)
-    env_key = os.environ.get("PX_API_KEY", "").strip()
+    env_key = _env_key()
     if env_key:
         add_secret(env_key)
     return None
+
+
+def _env_key() -> str:
+    """PX_API_KEY, where the Tracker reads the key from when none was given; "" if unset."""
+    return os.environ.get("PX_API_KEY", "").strip()
 
 
 def _open_input(path: str) -> tuple[IO[bytes], Optional[int]]:
@@ -146,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if args.local and (args.base_url or args.region):
         raise CliError("--local sends to a local FakePX: leave out --base-url and --region")
     key = _api_key(args)
-    if key is None and not args.local and not os.environ.get("PX_API_KEY", "").strip():
+    if key is None and not args.local and not _env_key():
         raise CliError("no API key: set PX_API_KEY, or pass --api-key-file PATH")
     source = args.file
     stem = "stdin" if source == "-" else source
@@ -170,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
 
             px = stack.enter_context(FakePX())
             options["base_url"] = px.url
-            key = key or os.environ.get("PX_API_KEY", "").strip() or "local"
+            key = key or _env_key() or "local"
         if args.product_key is not None:
             options["product_key"] = args.product_key
         if args.region is not None:
