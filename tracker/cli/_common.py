@@ -1,0 +1,218 @@
+"""What every ``tracker`` command shares: exit codes, redaction, progress, logging, signals."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from types import FrameType
+from typing import Any, Callable, Optional, Union
+
+from tqdm import tqdm
+
+logger = logging.getLogger("tracker")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Keys that must never be printed: whatever key this process was given.
+_secrets: set[str] = set()
+
+
+class CliError(Exception):
+    """A usage, configuration or input problem: one line on stderr, exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: its help texts, the options it owns, and what runs it."""
+
+    name: str
+    help: str
+    description: str
+    #: Adds the command's own options to its subparser.
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    #: Runs the parsed command; returns the exit code. CliError and ConfigError become
+    #: exit code 2 with one line on stderr.
+    run: Callable[[argparse.Namespace], int]
+    epilog: Optional[str] = None
+    formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter
+
+
+# -- never show a key ----------------------------------------------------------------------
+
+
+def add_secret(key: str) -> None:
+    """Redact ``key`` from everything the command line prints from now on."""
+    _secrets.add(key)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if len(secret) >= 4:  # a shorter "key" is no secret, and would mangle every word
+            text = text.replace(secret, "***")
+    return text
+
+
+def error(command: str, message: str) -> None:
+    print(redact(f"tracker {command}: error: {message}"), file=sys.stderr)
+
+
+def warn(command: str, message: str) -> None:
+    print(redact(f"tracker {command}: warning: {message}"), file=sys.stderr)
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def add_output_options(command: argparse.ArgumentParser, what: str) -> None:
+    """--json, --quiet and --verbose, for a command that ends with a report on stdout."""
+    command.add_argument("--json", action="store_true", help=f"print the {what} as JSON")
+    command.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    command.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log 429s and failures (-vv: retries)"
+    )
+
+
+def progress_bar(quiet: bool, **options: Any) -> tqdm[Any]:
+    """A progress bar on stderr, shown only on a terminal and unless --quiet."""
+    return tqdm(
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+        **options,
+    )
+
+
+def reasons(by_reason: Mapping[str, int]) -> str:
+    """``   (reason n, ...)`` after a count in a text report; nothing when there are none."""
+    if not by_reason:
+        return ""
+    return "   (" + ", ".join(f"{reason} {n}" for reason, n in by_reason.items()) + ")"
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear a live progress bar apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{self.formatTime(record, '%H:%M:%S')} {record.getMessage()}"
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                text += f" ({type(exc).__name__}: {exc})"  # one line, no traceback
+            tqdm.write(redact(text), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str) -> str:
+        return time.strftime(datefmt, time.localtime(record.created))
+
+
+@contextlib.contextmanager
+def logging_to_stderr(level: int) -> Iterator[None]:
+    """Show the ``tracker`` logger's records on stderr while a command runs (-v)."""
+    handler = _TqdmHandler()
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+# -- signals -------------------------------------------------------------------------------
+
+SignalHandler = Callable[[int, Optional[FrameType]], None]
+
+
+@contextlib.contextmanager
+def on_stop_signals(handler: SignalHandler) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM inside the block, the previous handlers after it.
+
+    Only the main thread may set handlers: elsewhere nothing is installed and Ctrl-C keeps
+    its default.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in previous:
+            signal.signal(sig, handler)
+        yield
+    finally:
+        for sig, old in previous.items():
+            if old is not None:  # None: installed outside Python, cannot be restored
+                signal.signal(sig, old)
+
+
+# -- argument types ------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (got {text!r})")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = number(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in 0..1 (got {text!r})")
+    return value
+
+
+def rate(text: str) -> float:
+    """Requests per second; 0 (or ``off``/``none``) turns the limit off."""
+    if text.strip().lower() in ("off", "none"):
+        return 0.0
+    return number(text)
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535 (got {value})")
+    return value
+
+
+def retry_after(text: str) -> Union[float, str, None]:
+    word = text.strip().lower()
+    if word == "none":
+        return None
+    if word == "date":
+        return "date"
+    try:
+        return number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds, 'none' or 'date', got {text!r}"
+        ) from None
