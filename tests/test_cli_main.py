@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Optional
@@ -131,10 +132,13 @@ class TestRegistry:
         assert proc.stdout.strip() == "[]"
 
     def test_console_script_entry_point_is_main(self) -> None:
-        setup_cfg = Path(__file__).resolve().parent.parent / "setup.cfg"
-        if not setup_cfg.exists():
-            pytest.skip("packaging metadata moved")
-        assert "tracker = tracker.cli:main" in setup_cfg.read_text(encoding="utf-8")
+        # What pip installed from pyproject.toml, not a file that may move.
+        scripts = [
+            ep
+            for ep in metadata.distribution("px-tracker").entry_points
+            if ep.group == "console_scripts"
+        ]
+        assert [(ep.name, ep.value) for ep in scripts] == [("tracker", "tracker.cli:main")]
         assert callable(tracker.cli.main)
 
 
