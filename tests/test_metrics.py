@@ -152,7 +152,9 @@ def otel_points(data: MetricsData) -> Points:
     points: Points = {}
     for resource in data.resource_metrics:
         for scope in resource.scope_metrics:
-            assert scope.scope.name == "px-tracker"
+            if scope.scope.name != "px-tracker":
+                continue  # the SDK's own self-metrics, in versions that have them
+            assert scope.scope.version == tracker.__version__
             for metric in scope.metrics:
                 for point in metric.data.data_points:
                     value = point.value  # type: ignore[union-attr]
