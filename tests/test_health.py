@@ -89,6 +89,26 @@ class TestHealth:
         assert back.last_success_age is not None
         assert back.last_success_age < 5
 
+    def test_events_px_refuses_are_no_outage(
+        self, fake_px: FakePX, make_tracker: MakeTracker
+    ) -> None:
+        clock = FakeClock()
+        t = make_tracker(fake_px.url, clock=clock)
+        for _ in range(3):
+            fake_px.respond_next(400)
+            t.track("u0", "refused")
+            assert t.flush(10)
+            clock.advance(40)
+        health = t.health(unhealthy_after=30)
+        assert health.healthy
+        assert health.failing_for is None
+        assert t.stats().failed_by_reason["rejected"] == 3
+        fake_px.respond_next(401)
+        t.track("u0", "bad key")
+        assert t.flush(10)
+        clock.advance(31)
+        assert not t.health(unhealthy_after=30).healthy  # a refused key is an outage
+
     def test_paused_until_says_when_a_429_pause_ends(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:

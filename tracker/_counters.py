@@ -49,8 +49,8 @@ class Stats:
     delivery_latency: Histogram = attrs.field(factory=lambda: empty_histogram(LATENCY_BUCKETS))
     #: Seconds each request took, from its start to its answer or failure.
     request_duration: Histogram = attrs.field(factory=lambda: empty_histogram(REQUEST_BUCKETS))
-    #: The most recent error of each reason seen: the failure and drop reasons above, and
-    #: ``retryable``/``rate_limited`` for attempts that were retried.
+    #: The most recent error of each reason seen: the failure reasons above,
+    #: ``queue_overflow``, and ``retryable``/``rate_limited`` for attempts retried.
     last_errors: Mapping[str, LastError] = attrs.field(factory=dict)
 
 

@@ -34,6 +34,9 @@ LATENCY_BUCKETS = (
 # reasons of the counters): retried after backoff, or a 429 that paused every sender.
 RETRYABLE = "retryable"
 RATE_LIMITED = "rate_limited"
+# PX answered and refused the event itself (a 400, say): the event's fault, no outage.
+# (A 401/403 is one: nothing will be delivered until the key is fixed.)
+_NOT_AN_OUTAGE = frozenset({"rejected"})
 
 
 @attrs.frozen(kw_only=True)
@@ -142,7 +145,7 @@ class Telemetry:
             self.last_success = now
             self.failing_since = None
             return
-        if self.failing_since is None:
+        if self.failing_since is None and error not in _NOT_AN_OUTAGE:
             self.failing_since = now
         self.last_errors[error] = LastError(time=wall, status_code=status, message=message)
 
