@@ -42,6 +42,7 @@ from benchmarks._common import (
     track_many,
     wait_until,
 )
+from benchmarks.observability import observability
 from tracker import Config, Tracker
 
 WARMUP_CALLS = 100
@@ -791,4 +792,5 @@ CASES: dict[str, Callable[[Settings], list[Row]]] = {
     "pacing": pacing,
     "exit": exit_case,
     "fakepx_capacity": fakepx_capacity,
+    "observability": observability,
 }

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from tracker._api import configure, default_tracker, flush, shutdown, stats, track
+from tracker._api import configure, default_tracker, flush, health, shutdown, stats, track
 from tracker._clock import Clock
 from tracker._config import Config, OverflowPolicy
 from tracker._core import VERSION
 from tracker._counters import Stats
 from tracker._event import CustomEvent, UserType
+from tracker._telemetry import Health, Histogram, LastError
 from tracker._tracker import Tracker
 from tracker.errors import (
     ConfigError,
@@ -27,6 +28,9 @@ __all__ = [
     "ConfigError",
     "CustomEvent",
     "DeliveryError",
+    "Health",
+    "Histogram",
+    "LastError",
     "OverflowPolicy",
     "QueueFullError",
     "Stats",
@@ -38,6 +42,7 @@ __all__ = [
     "configure",
     "default_tracker",
     "flush",
+    "health",
     "shutdown",
     "stats",
     "track",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from tracker import _lifecycle
 from tracker._counters import Stats
+from tracker._telemetry import Health
 from tracker._tracker import Tracker
 
 if TYPE_CHECKING:
@@ -101,3 +102,16 @@ def shutdown(*args: Any, **kwargs: Any) -> Any:
 def stats() -> Stats:
     """``stats()`` of the process-wide tracker."""
     return default_tracker().stats()
+
+
+@_like_method(Tracker.health)
+def health(*args: Any, **kwargs: Any) -> Health:
+    """``health()`` of the process-wide tracker."""
+    result: Health = default_tracker().health(*args, **kwargs)
+    return result
+
+
+def current() -> Optional[Tracker]:
+    """The process-wide tracker if there is one, building none (for integrations that
+    must not start a tracker by merely looking, such as a metrics scrape)."""
+    return _default

@@ -19,6 +19,7 @@ from tracker._event import CustomEvent
 from tracker._overflow import Dropped, Overflow
 from tracker._pacing import Pacer, Turns
 from tracker._store import Store
+from tracker._telemetry import LastError
 
 
 class Job:
@@ -248,15 +249,41 @@ class Buffer:
             if job not in self._in_flight:
                 return None
             self._in_flight.remove(job)
+            clock = self._clock
+            telemetry = self.counters.telemetry
             if failed_reason is None:
                 self.counters.delivered += 1
+                # Its 2xx just came (settle follows it at once): one lock for both.
+                now, wall = clock.monotonic(), clock.time()
+                telemetry.attempt(now, wall, now - job.sent_at, None, None, None)
+                telemetry.delivered(wall, job.event.date)
             else:
                 self.counters.failed[failed_reason] += 1
+                telemetry.last_errors[failed_reason] = LastError(
+                    time=clock.time(), status_code=job.last_status, message=job.last_message
+                )
             self._store.settled((job.event,))
             receipt = Receipt(self, job.seq)
             self._receipts.add(receipt)
             self._after_settle()
             return receipt
+
+    def attempted(
+        self, job: Job, error: str, status: Optional[int], message: Optional[str]
+    ) -> None:
+        """An attempt of the job ended other than in a 2xx (``error``: what it came to),
+        for the request figures and health; a 2xx is recorded by ``settle``."""
+        clock = self._clock
+        with self._lock:
+            now = clock.monotonic()
+            self.counters.telemetry.attempt(
+                now, clock.time(), now - job.sent_at, error, status, message
+            )
+
+    def noted(self, reason: str) -> None:
+        """An event was dropped for ``reason`` (on the caller's thread): its last error."""
+        with self._lock:
+            self.counters.telemetry.error(reason, self._clock.time())
 
     def answered(self, job: Job, pause: Optional[float]) -> bool:
         """The server answered the job's attempt (``pause``: a 429's, else None). True
@@ -409,6 +436,18 @@ class Buffer:
         with self._lock:
             return self.counters.snapshot(
                 self._pending(), self._pacer.rate(self._clock.monotonic())
+            )
+
+    def health_figures(self) -> tuple[float, int, Optional[float], Optional[float], float]:
+        """``(now, pending, last success, failing since, paused until)``, monotonic."""
+        with self._lock:
+            telemetry = self.counters.telemetry
+            return (
+                self._clock.monotonic(),
+                self._pending(),
+                telemetry.last_success,
+                telemetry.failing_since,
+                self._pacer.paused_until(),
             )
 
     @property

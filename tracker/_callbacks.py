@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
 from tracker._buffer import Job, Receipt
+from tracker._clock import SYSTEM_CLOCK, Clock
 from tracker._config import Config
+from tracker._counters import UNAUTHORIZED
 from tracker._event import CustomEvent
 from tracker.errors import DeliveryError
 
@@ -43,16 +44,17 @@ def mark_sender_thread() -> None:
 
 
 class Warnings:
-    """Warnings an operator can act on, at most one per reason per minute (real time);
-    the ones in between go to DEBUG and are counted in the next warning."""
+    """Warnings an operator can act on, at most one per reason per minute (on the
+    tracker's clock); the ones in between go to DEBUG and are counted in the next one."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._quiet: dict[str, int] = {}
 
     def warn(self, reason: str, message: str, *args: object) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         with self._lock:
             last = self._last.get(reason)
             if last is not None and now - last < WARN_EVERY:
@@ -96,7 +98,12 @@ class Outcomes:
             message=job.last_message,
             attempts=job.attempts,
         )
-        self.warnings.warn(reason, "%s", error)
+        if reason == UNAUTHORIZED:
+            self.warnings.warn(
+                reason, "%s: PX refused the API key (check api_key / PX_API_KEY)", error
+            )
+        else:
+            self.warnings.warn(reason, "%s", error)
         on_error = self._on_error
         if on_error is None:
             receipt.release()

@@ -7,6 +7,15 @@ from typing import Optional
 
 import attrs
 
+from tracker._telemetry import (
+    LATENCY_BUCKETS,
+    REQUEST_BUCKETS,
+    Histogram,
+    LastError,
+    Telemetry,
+    empty_histogram,
+)
+
 # The fixed reasons. Dropped: never attempted to completion by our choice or the caller's.
 QUEUE_OVERFLOW = "queue_overflow"
 SHUTDOWN = "shutdown"
@@ -35,13 +44,29 @@ class Stats:
     #: The rate the senders pace at now (requests per second), below ``rate_limit`` while
     #: the tracker backs off after 429s; None when pacing is off.
     send_rate: Optional[float] = None
+    #: Seconds from each delivered event's ``date`` (the moment of ``track()`` unless
+    #: given) to its 2xx; ``count == delivered`` in every snapshot.
+    delivery_latency: Histogram = attrs.field(factory=lambda: empty_histogram(LATENCY_BUCKETS))
+    #: Seconds each request took, from its start to its answer or failure.
+    request_duration: Histogram = attrs.field(factory=lambda: empty_histogram(REQUEST_BUCKETS))
+    #: The most recent error of each reason seen: the failure reasons above,
+    #: ``queue_overflow``, and ``retryable``/``rate_limited`` for attempts retried.
+    last_errors: Mapping[str, LastError] = attrs.field(factory=dict)
 
 
 class Counters:
     """Running totals. Not thread-safe by itself: the buffer mutates and reads it under
     its own lock, together with the queue, which is what keeps the invariant exact."""
 
-    __slots__ = ("delivered", "dropped", "failed", "rate_limited", "retries", "tracked")
+    __slots__ = (
+        "delivered",
+        "dropped",
+        "failed",
+        "rate_limited",
+        "retries",
+        "telemetry",
+        "tracked",
+    )
 
     def __init__(self) -> None:
         self.tracked = 0
@@ -50,8 +75,10 @@ class Counters:
         self.rate_limited = 0
         self.failed: dict[str, int] = dict.fromkeys(FAIL_REASONS, 0)
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.telemetry = Telemetry()
 
     def snapshot(self, pending: int, send_rate: Optional[float]) -> Stats:
+        latency, duration, last_errors = self.telemetry.figures()
         return Stats(
             tracked=self.tracked,
             delivered=self.delivered,
@@ -63,4 +90,7 @@ class Counters:
             failed_by_reason=dict(self.failed),
             dropped_by_reason=dict(self.dropped),
             send_rate=send_rate,
+            delivery_latency=latency,
+            request_duration=duration,
+            last_errors=last_errors,
         )

@@ -18,10 +18,15 @@ from tracker._core import VERSION, Core
 from tracker._counters import QUEUE_OVERFLOW, Stats
 from tracker._event import CustomEvent, UserType, make_event
 from tracker._overflow import Dropped
+from tracker._telemetry import Health
 
 __all__ = ["VERSION", "Tracker"]
 
 logger = logging.getLogger("tracker")
+
+#: Seconds of failed requests with no success in between after which health() says
+#: unhealthy: PX (or the way to it) has been down that long.
+UNHEALTHY_AFTER = 60.0
 
 
 class _Holder:
@@ -79,7 +84,7 @@ class Tracker(_lifecycle.Rebuildable):
         self._product_key = config.product_key
         self._now_ms = config.clock.time_ms
         self._on_error = config.on_error
-        self._warnings = Warnings()
+        self._warnings = Warnings(config.clock)
         self._lock = threading.Lock()  # rebuilds and shutdown, one at a time
         self._closed = False
         self._holder = _Holder(self._new_core())
@@ -183,6 +188,9 @@ class Tracker(_lifecycle.Rebuildable):
 
     def _report_drop(self, core: Core, event: CustomEvent, dropped: Dropped) -> Optional[str]:
         if dropped.reason == QUEUE_OVERFLOW:
+            core.buffer.noted(QUEUE_OVERFLOW)
+            if core.background and not core.pool.alive():
+                _warn_no_senders(core)
             core.outcomes.warnings.warn(
                 QUEUE_OVERFLOW,
                 "queue full (max_queue_size=%d, overflow=%r): dropping events; "
@@ -225,6 +233,44 @@ class Tracker(_lifecycle.Rebuildable):
         """A consistent snapshot of the counters."""
         return self._current().buffer.stats()
 
+    def health(self, *, unhealthy_after: float = UNHEALTHY_AFTER) -> Health:
+        """Whether the tracker is delivering, for readiness probes: unhealthy when shut
+        down, when no sender thread runs (background mode), or when no request has
+        succeeded for more than ``unhealthy_after`` seconds since one failed."""
+        if (
+            isinstance(unhealthy_after, bool)
+            or not isinstance(unhealthy_after, (int, float))
+            or not unhealthy_after > 0
+        ):
+            raise ValueError(
+                f"'unhealthy_after' must be a number of seconds > 0 (got {unhealthy_after!r})"
+            )
+        core = self._current()
+        now, pending, last_success, failing_since, paused_until = core.buffer.health_figures()
+        senders = core.pool.count()
+        failing_for = None if failing_since is None else now - failing_since
+        reason: Optional[str] = None
+        if self._closed:
+            reason = "the tracker is shut down"
+        elif core.background and not senders:
+            reason = "no sender thread is running"
+            _warn_no_senders(core)
+        elif failing_for is not None and failing_for > unhealthy_after:
+            reason = (
+                f"no request has succeeded for {failing_for:.0f}s "
+                f"(more than {unhealthy_after:g}s); see stats().last_errors"
+            )
+        wall = self._config.clock.time()
+        return Health(
+            healthy=reason is None,
+            reason=reason,
+            last_success_age=None if last_success is None else now - last_success,
+            failing_for=failing_for,
+            pending=pending,
+            paused_until=wall + (paused_until - now) if paused_until > now else None,
+            senders_alive=senders,
+        )
+
     def __enter__(self) -> Tracker:
         return self
 
@@ -239,6 +285,14 @@ class Tracker(_lifecycle.Rebuildable):
     def __repr__(self) -> str:
         state = "shut down" if self._closed else f"pending={self._core.buffer.pending}"
         return f"<Tracker {self._config.endpoint} workers={self._config.workers} {state}>"
+
+
+def _warn_no_senders(core: Core) -> None:
+    core.outcomes.warnings.warn(
+        "senders",
+        "no sender thread is running: events are only sent by flush()/shutdown() (%d pending)",
+        core.buffer.pending,
+    )
 
 
 def _check_timeout(timeout: Optional[float]) -> None:

@@ -14,11 +14,16 @@ from tracker._clock import Deadline
 from tracker._config import Config
 from tracker._counters import REJECTED, RETRIES_EXHAUSTED, UNAUTHORIZED
 from tracker._retry import Kind, RetryPolicy
+from tracker._telemetry import RATE_LIMITED, RETRYABLE
 from tracker._transport import Transport
 
 logger = logging.getLogger("tracker")
 
 _FAILED = {Kind.UNAUTHORIZED: UNAUTHORIZED, Kind.REJECTED: REJECTED}
+# What a non-2xx attempt is recorded as in stats().last_errors.
+_ERRORS = {**_FAILED, Kind.RETRY: RETRYABLE, Kind.RATE_LIMITED: RATE_LIMITED}
+#: A 429 pause at least this long (seconds) is worth a warning: delivery stops meanwhile.
+LONG_PAUSE = 10.0
 
 
 def retry_policy(config: Config) -> RetryPolicy:
@@ -68,10 +73,19 @@ class Sender:
             return None
         job.last_status = result.status_code
         job.last_message = result.message
+        buffer.attempted(job, _ERRORS[kind], result.status_code, result.message)
         pause: Optional[float] = None
         if kind is Kind.RATE_LIMITED:
             pause = self._policy.pause(result.retry_after)
-            logger.info("PX answered 429: every sender pauses for %.2fs", pause)
+            if pause >= LONG_PAUSE:
+                self._outcomes.warnings.warn(
+                    "long_pause",
+                    "PX answered 429: every sender pauses for %.0fs, events queue up "
+                    "meanwhile (see stats().rate_limited)",
+                    pause,
+                )
+            else:
+                logger.info("PX answered 429: every sender pauses for %.2fs", pause)
         if result.status_code is not None and buffer.answered(job, pause):
             self.grow()
         failed = _FAILED.get(kind)

@@ -1,0 +1,1 @@
+"""Integrations of the tracker with other libraries: metrics, frameworks."""
