@@ -72,6 +72,13 @@ class Settings:
     exit_events: int = 10_000
     exit_timeout: float = 2.0
     capacity_requests: int = 2_000
+    host_seconds: float = 3.0  # measured load per host_app repetition, after the warm-up
+    host_warmup: float = 0.5
+    host_clients: int = 4
+    cpu_events: int = 3_000  # cpu_per_event, unpaced
+    cpu_paced_events: int = 600  # cpu_per_event at 200/s (3 s)
+    limiter_events: int = 1_000  # per cell of the limiters table
+    limiter_reps: int = 1  # 40 cells of ~5 s each: one repetition, whatever --reps says
 
     @classmethod
     def full(cls, reps: Optional[int] = None) -> Settings:
@@ -93,6 +100,10 @@ class Settings:
             exit_events=1_000,
             exit_timeout=1.0,
             capacity_requests=400,
+            host_seconds=1.5,
+            cpu_events=400,
+            cpu_paced_events=200,
+            limiter_events=300,
         )
 
 

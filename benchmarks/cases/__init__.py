@@ -10,6 +10,7 @@ from benchmarks._common import Row, Settings
 from benchmarks.cases.delivery import delivery
 from benchmarks.cases.exit import exit_case
 from benchmarks.cases.fakepx_capacity import fakepx_capacity
+from benchmarks.cases.host_app import host_app
 from benchmarks.cases.hot_path import hot_path
 from benchmarks.cases.memory import memory
 from benchmarks.cases.pacing import pacing
@@ -21,4 +22,5 @@ CASES: dict[str, Callable[[Settings], list[Row]]] = {
     "pacing": pacing,
     "exit": exit_case,
     "fakepx_capacity": fakepx_capacity,
+    "host_app": host_app,
 }
