@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 from benchmarks._common import Row, Settings
+from benchmarks.cases.cpu_per_event import cpu_per_event
 from benchmarks.cases.delivery import delivery
 from benchmarks.cases.exit import exit_case
 from benchmarks.cases.fakepx_capacity import fakepx_capacity
@@ -23,4 +24,5 @@ CASES: dict[str, Callable[[Settings], list[Row]]] = {
     "exit": exit_case,
     "fakepx_capacity": fakepx_capacity,
     "host_app": host_app,
+    "cpu_per_event": cpu_per_event,
 }
