@@ -273,10 +273,16 @@ def column(results: list[dict[str, float]], key: str) -> list[float]:
 
 class ServerProcess:
     """``_server.py`` in a child process: FakePX (optionally with a rate limit and
-    latency) or the minimal sink; stats and clear through its stdin/stdout."""
+    latency, and Retry-After on its 429s: "1" by default, None for none) or the minimal
+    sink; stats and clear through its stdin/stdout."""
 
     def __init__(
-        self, kind: str, *, rate_limit: Optional[float] = None, latency: float = 0.0
+        self,
+        kind: str,
+        *,
+        rate_limit: Optional[float] = None,
+        latency: float = 0.0,
+        retry_after: Optional[str] = "1",
     ) -> None:
         # As a module from the repository root, so it imports the same tracker as the
         # runner (the tree's), whatever is installed.
@@ -285,6 +291,8 @@ class ServerProcess:
             args += ["--rate-limit", str(rate_limit)]
         if latency:
             args += ["--latency", str(latency)]
+        if retry_after != "1":
+            args += ["--retry-after", "none" if retry_after is None else retry_after]
         self._args = args
         self._proc: Optional[subprocess.Popen[str]] = None
         self.port = 0
