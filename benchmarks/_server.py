@@ -8,7 +8,9 @@ The first stdout line is the port. Then the server reads one command per stdin l
 answers one JSON line on stdout:
 
 - ``stats``: ``{"requests": n, "statuses": {"201": n, ...}, "events": n, "unique_events": n}``
-  (``events``: accepted event bodies; the sink counts requests and bytes only),
+  (``events``: accepted event bodies; the sink counts requests and bytes only); FakePX
+  adds ``accepted_span_s``, the time from the first to the last arrival of a request it
+  answered 2xx (0 for fewer than two),
 - ``clear``: forget what was recorded (answers ``{}``),
 - ``quit`` (or EOF): stop.
 
@@ -103,7 +105,9 @@ def _serve_fakepx(
         requests = px.requests
         events = px.events
         statuses = Counter(str(r.status) for r in requests)
+        accepted = [r.arrived_at for r in requests if r.status is not None and r.status < 300]
         return {
+            "accepted_span_s": max(accepted) - min(accepted) if len(accepted) > 1 else 0.0,
             "requests": len(requests),
             "statuses": dict(statuses),
             "events": len(events),

@@ -204,6 +204,22 @@ def host_app(settings: Settings) -> list[Row]:
             explain=f"99th percentile of the clients' request times. Of no tracking: {peers_p99}",
             extra=extra,
         ),
+        Row(
+            "host_app",
+            "app worker CPU per request",
+            "ms",
+            column(results["ours"], "worker_cpu_ms_per_request"),
+            baseline="no tracking",
+            baseline_samples=samples("no tracking", "worker_cpu_ms_per_request"),
+            digits=3,
+            explain=(
+                "CPU time of the gunicorn worker process (all its threads, from /stats) over "
+                "the warm-up and the measured load / requests answered: steadier than "
+                "requests/s on a busy machine. Of no tracking: "
+                + ", ".join(of_none(v, "worker_cpu_ms_per_request") for v in ("Segment", "PostHog"))
+            ),
+            extra=extra,
+        ),
     ]
     for variant in ("Segment", "PostHog"):
         rows.append(

@@ -115,6 +115,7 @@ def _cell_fakepx(px: ServerProcess, n: int) -> dict[str, float]:
     server = px.stats()
     px.clear()
     result["delivered"] = float(server["unique_events"])
+    result["accepted_span_s"] = float(server["accepted_span_s"])
     result["requests"] = float(server["requests"])
     result["answered_429"] = float(server["statuses"].get("429", 0))
     return result
@@ -145,6 +146,7 @@ def _cell_nginx(
         server.stop()
     upstream.clear()
     result["delivered"] = float(passed["unique_events"])
+    result["accepted_span_s"] = float(passed["accepted_span_s"])
     result["requests"] = float(len(records))
     result["answered_429"] = float(sum(r.status == 429 for r in records))
     return result
@@ -166,6 +168,13 @@ def _figures(result: dict[str, float], n: int) -> dict[str, float]:
     return {
         **result,
         "events_per_s": result["delivered"] / result["elapsed_s"],
+        # The rate at the server between the first and the last accepted arrival: the
+        # pacing itself, without the first answer's wait and the last one's round trip.
+        "sustained_per_s": (
+            (result["delivered"] - 1) / result["accepted_span_s"]
+            if result["accepted_span_s"] > 0
+            else 0.0
+        ),
         "share_429_pct": result["answered_429"] / requests * 100 if requests else 0.0,
         "all_delivered": float(result["delivered"] == n),
     }
@@ -235,6 +244,7 @@ def limiters(settings: Settings) -> list[Row]:
                     f"{rtt} ms",
                     f"{rate:,.0f}",
                     f"{rate / LIMIT:.2f}x",
+                    f"{med(kind, rtt, 'sustained_per_s'):,.0f}",
                     f"{share:.2f} %",
                     f"{med(kind, rtt, 'peak_threads'):.0f}",
                     f"{med(kind, rtt, 'send_rate'):.0f}",
@@ -249,6 +259,7 @@ def limiters(settings: Settings) -> list[Row]:
             "round trip",
             "events/s",
             "x limit",
+            "sustained at the server",
             "429 share",
             "peak threads",
             "send_rate at end",
@@ -286,7 +297,8 @@ def limiters(settings: Settings) -> list[Row]:
                     "FakePX / (first track() to flush() return), the slowest of the round "
                     f"trips {', '.join(map(str, ROUND_TRIPS_MS))} ms (FakePX's latency; behind "
                     "nginx, nginx proxies to FakePX with that latency and answers its own 429s "
-                    "at once). Every cell: the table below the main one"
+                    "at once). Every cell, with its sustained rate at the server (first to "
+                    "last accepted arrival), in the table below the main one"
                 ),
             )
         )
