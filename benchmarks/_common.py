@@ -76,7 +76,7 @@ class Settings:
     host_warmup: float = 0.5
     host_clients: int = 4
     cpu_events: int = 3_000  # cpu_per_event, unpaced
-    cpu_paced_events: int = 600  # cpu_per_event at 200/s (3 s)
+    cpu_paced_events: int = 400  # cpu_per_event at 200/s (2 s)
     limiter_events: int = 1_000  # per cell of the limiters table
     limiter_reps: int = 1  # 40 cells of ~5 s each: one repetition, whatever --reps says
 

@@ -5,6 +5,7 @@ another process; requests/s and p99 with no tracking, ours, Segment and PostHog.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import signal
@@ -142,6 +143,8 @@ VARIANTS = {"none": "no tracking", "ours": "ours", "segment": "Segment", "postho
 
 
 def host_app(settings: Settings) -> list[Row]:
+    if importlib.util.find_spec("gunicorn") is None:
+        raise RuntimeError("host_app needs gunicorn: pip install -e '.[dev,bench]'")
     available = {"segment": segment_sdk() is not None, "posthog": posthog_sdk() is not None}
     names = [name for name in VARIANTS if available.get(name, True)]
     with ServerProcess("sink") as sink:
