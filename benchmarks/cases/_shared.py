@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
 import time
 import uuid
 from types import ModuleType
@@ -48,6 +49,11 @@ def segment_sdk() -> Optional[ModuleType]:
 
 def posthog_sdk() -> Optional[ModuleType]:
     return _optional("posthog")
+
+
+def slug(name: str) -> str:
+    """A variant's name as a JSON key prefix: "http.client 200/s" -> "http_client_200_s"."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def peer_row(row: Row, available: bool) -> Row:

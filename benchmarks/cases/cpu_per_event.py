@@ -21,7 +21,7 @@ from benchmarks._common import (
     log,
     our_tracker,
 )
-from benchmarks.cases._shared import plain_session, wire_bodies
+from benchmarks.cases._shared import plain_session, slug, wire_bodies
 
 RATE = 200.0
 PATH = "/v1/events/custom"
@@ -146,7 +146,7 @@ def cpu_per_event(settings: Settings) -> list[Row]:
         "events_unpaced": n,
         "events_paced": n_paced,
         **{
-            f"{variant}_{key}": column(runs, key)
+            f"{slug(variant)}_{key}": column(runs, key)
             for variant, runs in results.items()
             for key in runs[0]
         },

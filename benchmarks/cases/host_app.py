@@ -25,7 +25,7 @@ from benchmarks._common import (
     interleave,
     median,
 )
-from benchmarks.cases._shared import peer_row, posthog_sdk, segment_sdk
+from benchmarks.cases._shared import peer_row, posthog_sdk, segment_sdk, slug
 
 START_TIMEOUT = 30.0
 
@@ -171,7 +171,7 @@ def host_app(settings: Settings) -> list[Row]:
         "seconds": settings.host_seconds,
         "warmup_s": settings.host_warmup,
         **{
-            f"{variant}_{key}": column(runs, key)
+            f"{slug(variant)}_{key}": column(runs, key)
             for variant, runs in results.items()
             for key in runs[0]
         },
