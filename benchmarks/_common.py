@@ -72,6 +72,13 @@ class Settings:
     exit_events: int = 10_000
     exit_timeout: float = 2.0
     capacity_requests: int = 2_000
+    host_seconds: float = 3.0  # measured load per host_app repetition, after the warm-up
+    host_warmup: float = 0.5
+    host_clients: int = 4
+    cpu_events: int = 3_000  # cpu_per_event, unpaced
+    cpu_paced_events: int = 400  # cpu_per_event at 200/s (2 s)
+    limiter_events: int = 1_000  # per cell of the limiters table
+    limiter_reps: int = 1  # 40 cells of ~5 s each: one repetition, whatever --reps says
 
     @classmethod
     def full(cls, reps: Optional[int] = None) -> Settings:
@@ -93,6 +100,10 @@ class Settings:
             exit_events=1_000,
             exit_timeout=1.0,
             capacity_requests=400,
+            host_seconds=1.5,
+            cpu_events=400,
+            cpu_paced_events=200,
+            limiter_events=300,
         )
 
 
@@ -262,10 +273,16 @@ def column(results: list[dict[str, float]], key: str) -> list[float]:
 
 class ServerProcess:
     """``_server.py`` in a child process: FakePX (optionally with a rate limit and
-    latency) or the minimal sink; stats and clear through its stdin/stdout."""
+    latency, and Retry-After on its 429s: "1" by default, None for none) or the minimal
+    sink; stats and clear through its stdin/stdout."""
 
     def __init__(
-        self, kind: str, *, rate_limit: Optional[float] = None, latency: float = 0.0
+        self,
+        kind: str,
+        *,
+        rate_limit: Optional[float] = None,
+        latency: float = 0.0,
+        retry_after: Optional[str] = "1",
     ) -> None:
         # As a module from the repository root, so it imports the same tracker as the
         # runner (the tree's), whatever is installed.
@@ -274,6 +291,8 @@ class ServerProcess:
             args += ["--rate-limit", str(rate_limit)]
         if latency:
             args += ["--latency", str(latency)]
+        if retry_after != "1":
+            args += ["--retry-after", "none" if retry_after is None else retry_after]
         self._args = args
         self._proc: Optional[subprocess.Popen[str]] = None
         self.port = 0

@@ -1,14 +1,16 @@
 """Loopback servers for the benchmarks, run in their own process so that their CPU time
 does not share the client's GIL.
 
-    python -m benchmarks._server fakepx [--rate-limit R] [--latency S]
+    python -m benchmarks._server fakepx [--rate-limit R] [--latency S] [--retry-after V|none]
     python -m benchmarks._server sink
 
 The first stdout line is the port. Then the server reads one command per stdin line and
 answers one JSON line on stdout:
 
 - ``stats``: ``{"requests": n, "statuses": {"201": n, ...}, "events": n, "unique_events": n}``
-  (``events``: accepted event bodies; the sink counts requests and bytes only),
+  (``events``: accepted event bodies; the sink counts requests and bytes only); FakePX
+  adds ``accepted_span_s``, the time from the first to the last arrival of a request it
+  answered 2xx (0 for fewer than two),
 - ``clear``: forget what was recorded (answers ``{}``),
 - ``quit`` (or EOF): stop.
 
@@ -93,17 +95,19 @@ def _serve_sink() -> tuple[int, Callable[[], dict[str, Any]], Callable[[], None]
 
 
 def _serve_fakepx(
-    rate_limit: Optional[float], latency: float
+    rate_limit: Optional[float], latency: float, retry_after: Optional[str]
 ) -> tuple[int, Callable[[], dict[str, Any]], Callable[[], None]]:
     from tracker.testing import FakePX  # noqa: PLC0415 (the sink does not need it)
 
-    px = FakePX(rate_limit=rate_limit, latency=latency).start()
+    px = FakePX(rate_limit=rate_limit, latency=latency, retry_after=retry_after).start()
 
     def stats() -> dict[str, Any]:
         requests = px.requests
         events = px.events
         statuses = Counter(str(r.status) for r in requests)
+        accepted = [r.arrived_at for r in requests if r.status is not None and r.status < 300]
         return {
+            "accepted_span_s": max(accepted) - min(accepted) if len(accepted) > 1 else 0.0,
             "requests": len(requests),
             "statuses": dict(statuses),
             "events": len(events),
@@ -118,11 +122,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("kind", choices=("fakepx", "sink"))
     parser.add_argument("--rate-limit", type=float, default=None)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument(
+        "--retry-after", default="1", help="Retry-After on FakePX's 429s; 'none': no header"
+    )
     args = parser.parse_args(argv)
+    retry_after = None if args.retry_after == "none" else args.retry_after
     if args.kind == "sink":
         port, stats, clear = _serve_sink()
     else:
-        port, stats, clear = _serve_fakepx(args.rate_limit, args.latency)
+        port, stats, clear = _serve_fakepx(args.rate_limit, args.latency, retry_after)
     print(port, flush=True)
     for line in sys.stdin:
         command = line.strip()

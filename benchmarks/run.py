@@ -153,6 +153,23 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
+def _tables(rows: list[Row]) -> list[str]:
+    """The tables a case attached to a row's extra (``{"title", "header", "rows"}``, e.g.
+    limiters' cell by cell), each once, after the main table and its notes."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for row in rows:
+        table = row.extra.get("table")
+        if not table or table["title"] in seen:
+            continue
+        seen.add(table["title"])
+        header = table["header"]
+        out += ["", f"{table['title']}:", "", "| " + " | ".join(header) + " |"]
+        out.append("|" + "---|" * len(header))
+        out += ["| " + " | ".join(cells) + " |" for cells in table["rows"]]
+    return out
+
+
 def render(document: dict[str, Any]) -> str:
     """The Markdown report of a JSON document: a header line, the table, one line per
     figure on what it measures, failed cases."""
@@ -181,6 +198,7 @@ def render(document: dict[str, Any]) -> str:
             notes.append(f"- {row.case} / {row.metric}: {row.explain}")
     if notes:
         out += ["", *notes]
+    out += _tables(rows)
     for name, error in document["failed_cases"].items():
         out += ["", f"case {name} FAILED: {error}"]
     return "\n".join(out)
