@@ -11,7 +11,9 @@ import attrs
 QUEUE_OVERFLOW = "queue_overflow"
 SHUTDOWN = "shutdown"
 DRY_RUN = "dry_run"
-DROP_REASONS = (QUEUE_OVERFLOW, SHUTDOWN, DRY_RUN)
+SPOOL_FULL = "spool_full"  # spool_max_bytes reached (the overflow policy applied)
+SPOOL_CORRUPT = "spool_corrupt"  # a spooled event that could not be read back
+DROP_REASONS = (QUEUE_OVERFLOW, SHUTDOWN, DRY_RUN, SPOOL_FULL, SPOOL_CORRUPT)
 # Failed: PX said no, or kept failing until the retry budget ran out.
 REJECTED = "rejected"
 UNAUTHORIZED = "unauthorized"
@@ -21,7 +23,8 @@ FAIL_REASONS = (REJECTED, UNAUTHORIZED, RETRIES_EXHAUSTED)
 
 @attrs.frozen(kw_only=True)
 class Stats:
-    """A consistent snapshot: ``tracked == delivered + failed + dropped + pending``."""
+    """A consistent snapshot:
+    ``tracked + recovered == delivered + failed + dropped + pending``."""
 
     tracked: int
     delivered: int
@@ -35,23 +38,36 @@ class Stats:
     #: The rate the senders pace at now (requests per second), below ``rate_limit`` while
     #: the tracker backs off after 429s; None when pacing is off.
     send_rate: Optional[float] = None
+    #: Events adopted from the spool files of processes gone before this one.
+    recovered: int = 0
+    #: Accepted, unsettled events that are on disk now (0 without a spool).
+    spooled: int = 0
 
 
 class Counters:
     """Running totals. Not thread-safe by itself: the buffer mutates and reads it under
     its own lock, together with the queue, which is what keeps the invariant exact."""
 
-    __slots__ = ("delivered", "dropped", "failed", "rate_limited", "retries", "tracked")
+    __slots__ = (
+        "delivered",
+        "dropped",
+        "failed",
+        "rate_limited",
+        "recovered",
+        "retries",
+        "tracked",
+    )
 
     def __init__(self) -> None:
         self.tracked = 0
+        self.recovered = 0
         self.delivered = 0
         self.retries = 0
         self.rate_limited = 0
         self.failed: dict[str, int] = dict.fromkeys(FAIL_REASONS, 0)
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
-    def snapshot(self, pending: int, send_rate: Optional[float]) -> Stats:
+    def snapshot(self, pending: int, send_rate: Optional[float], spooled: int = 0) -> Stats:
         return Stats(
             tracked=self.tracked,
             delivered=self.delivered,
@@ -63,4 +79,6 @@ class Counters:
             failed_by_reason=dict(self.failed),
             dropped_by_reason=dict(self.dropped),
             send_rate=send_rate,
+            recovered=self.recovered,
+            spooled=spooled,
         )
