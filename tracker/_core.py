@@ -51,6 +51,7 @@ class Core:
             self.spool = None
         self.buffer = buffer = Buffer(config, LocalPacer(config.rate_limit, config.workers), store)
         # Called by track() after admission: with spool_interval=0, wait for the commit.
+        # (and with any interval when the spool's writer lags far behind).
         self.durable: Optional[Callable[[], None]] = None
         self.outcomes = Outcomes(config, warnings)
         self.transport = build_transport(config, USER_AGENT, config.workers + 2)
@@ -66,8 +67,7 @@ class Core:
             if not self.started and not self.finished and self.background:
                 if self.spool is not None:
                     self.spool.open(self.buffer)
-                    if self.config.spool_interval == 0:
-                        self.durable = self.spool.wait_durable
+                    self.durable = self.spool.admitted
                 self.pool.start()
             self.started = True
 
