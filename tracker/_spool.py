@@ -162,9 +162,13 @@ class SpoolStore(SpoolWriter):
         """Record ``value`` under ``name`` in our file, committed with the events pushed
         before this call (never ahead of them)."""
         with self._cond:
-            self._marks[name] = value
+            if value is None:
+                self._marks.pop(name, None)
+            else:
+                self._marks[name] = value
             self._marks_dirty = True
-            self._cond.notify_all()
+            if self._asleep:  # else the next round takes it (a mark costs no commit)
+                self._cond.notify_all()
 
     def open(self, buffer: Buffer) -> None:
         """Create our file, adopt the orphans of the directory, start the writer. A disk

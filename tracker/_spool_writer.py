@@ -159,12 +159,14 @@ class SpoolWriter:
             elif own_deletes:
                 self.spooled -= _best_effort_delete(conn, own_deletes)
         for orphan, rows in adopted.items():
-            deleted = _best_effort_delete(orphan.conn, rows)
-            self.spooled -= deleted
+            self.spooled -= _best_effort_delete(orphan.conn, rows)
             orphan.unsettled -= len(rows)
-            if not orphan.unread and orphan.unsettled <= 0:
+        if not self._marks_dirty:  # (their marks are in our file now)
+            done = [o for o in self._orphans if not o.unread and o.unsettled <= 0]
+            for orphan in done:
                 orphan.close(remove=True)
-                self._orphans = [o for o in self._orphans if o is not orphan]
+            if done:
+                self._orphans = [o for o in self._orphans if o not in done]
 
     def _write_own(
         self,
