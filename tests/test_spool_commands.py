@@ -141,7 +141,7 @@ class TestSendWithSpool:
             assert done.returncode == 0, done.stderr
             resumed = int(done.stdout.split("resumed after line ")[1].split(",")[0])
             assert 0 < resumed < lines
-            assert f"{resumed} read" not in done.stdout
+            assert f"{lines - resumed} read" in done.stdout
             ids: dict[str, set[str]] = defaultdict(set)
             for e in px.events:
                 ids[e["identifyId"]].add(e["eventId"])

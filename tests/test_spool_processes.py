@@ -85,9 +85,17 @@ class Child:
         raise AssertionError(f"no such line; stderr: {self.stderr_now()}")
 
     def stats(self, index: int = 0) -> dict[str, Any]:
-        self.wait_line(lambda line: line.startswith("{"))
-        found = [json.loads(line) for line in self.lines if line.startswith("{")]
-        return dict(found[index])
+        """The stats line number ``index`` (-1: the last one, once the child ended)."""
+        deadline = time.monotonic() + 60
+        while True:
+            found = [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+            if len(found) > index >= 0 or (index < 0 and found and self.proc.poll() is not None):
+                return dict(found[index])
+            if time.monotonic() > deadline or (
+                self.proc.poll() is not None and not self._reader.is_alive()
+            ):
+                raise AssertionError(f"no stats line {index}: {self.lines[-5:]}")
+            time.sleep(0.005)
 
     def tracked(self) -> list[tuple[str, float]]:
         pairs = []
@@ -315,3 +323,28 @@ class TestOutage:
             s = drain(tmp_path / "spool1", px.url).stats()
             assert s.recovered == count
             assert s.delivered == count
+
+
+class TestFork:
+    def test_a_forked_child_has_its_own_file_and_never_sends_the_parents_events(
+        self, tmp_path: Path
+    ) -> None:
+        directory = tmp_path / "spool"
+        with GatedPX() as px:
+            px.held = (b"p-",)
+            proc = Child("fork", str(directory), px.url)
+            child = proc.stats(0)
+            parent = proc.stats(1)
+            assert (child["tracked"], child["recovered"], child["delivered"]) == (3, 0, 3)
+            assert (parent["tracked"], parent["pending"]) == (5, 5)
+            px.held = ()
+            proc.send("flush")
+            proc.finish()
+            assert proc.proc.returncode == 0, proc.stderr
+            assert proc.stats(2)["delivered"] == 5
+            got = received(px)
+            assert sorted(e["identifyId"] for e in px.events) == sorted(
+                [f"p-{i}" for i in range(5)] + [f"c-{i}" for i in range(3)]
+            )
+            assert max(got.values()) == 1
+        assert [p for p in directory.iterdir() if p.suffix == ".spool"] == []

@@ -6,6 +6,9 @@
         for a line on stdin ("flush": flush and print the stats; EOF: exit at once)
     python spool_child.py fsize DIR URL N LIMIT
         the same under RLIMIT_FSIZE=LIMIT bytes; waits for "flush" on stdin, prints stats
+    python spool_child.py fork DIR URL
+        track 5 events (p-i), fork; the child tracks 3 (c-i), flushes, prints its stats and
+        leaves; the parent prints its stats, then waits for "flush" on stdin
     python spool_child.py rss DIR URL N SPOOL QUEUE
         track N events of ~2.5 KB while PX fails; print the growth of the resident set
 
@@ -82,6 +85,37 @@ def main(argv: list[str]) -> int:
         out.write(stats_line(t) + "\n")
         out.flush()
         t.shutdown(timeout=0)
+        return 0
+    if mode == "fork":
+        t = Tracker(
+            API_KEY,
+            product_key=PRODUCT_KEY,
+            base_url=url,
+            spool=directory,
+            spool_interval=0,
+            flush_at_exit=False,
+            backoff_base=0.01,
+            backoff_max=0.05,
+        )
+        for i in range(5):
+            t.track(f"p-{i}", "e")
+        pid = os.fork()
+        if pid == 0:
+            for i in range(3):
+                t.track(f"c-{i}", "e")
+            t.flush(timeout=30)
+            out.write(stats_line(t) + "\n")
+            out.flush()
+            t.shutdown()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        out.write(stats_line(t) + "\n")
+        out.flush()
+        if sys.stdin.readline().strip() == "flush":
+            t.flush(timeout=30)
+            out.write(stats_line(t) + "\n")
+            out.flush()
+        t.shutdown()
         return 0
     if mode == "track":
         prefix, count, interval, pace = argv[3], int(argv[4]), float(argv[5]), float(argv[6])
