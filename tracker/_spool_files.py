@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -13,6 +12,11 @@ import sqlite3
 import time
 from typing import Any, Optional
 from urllib.parse import quote
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no way to tell a live owner from a dead one
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger("tracker")
 
@@ -48,6 +52,8 @@ class Lock:
     def try_acquire(cls, path: str) -> Optional[Lock]:
         """The lock, or None when a live process holds it. OSError when the file cannot
         be opened at all (a read-only directory)."""
+        if fcntl is None:
+            raise OSError("file locks (fcntl.flock) are not available on this platform")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
