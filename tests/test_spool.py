@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sqlite3
@@ -125,6 +126,34 @@ class TestOnDisk:
         t.shutdown(timeout=0)
         for path in spool_dir.iterdir():
             assert API_KEY.encode() not in path.read_bytes(), path
+
+    def test_a_tracker_nobody_holds_releases_its_file(
+        self, fake_px: FakePX, spool_dir: Path
+    ) -> None:
+        def job() -> None:
+            t = Tracker(
+                API_KEY,
+                product_key=PRODUCT_KEY,
+                base_url=fake_px.url,
+                spool=str(spool_dir),
+                flush_at_exit=False,
+            )
+            t.track("u", "e")
+            assert t.flush(timeout=10)
+
+        before = {th.name for th in threading.enumerate()}
+        for _ in range(3):
+            job()
+
+        def released() -> bool:
+            gc.collect()
+            spool_threads = [th for th in threading.enumerate() if th.name == "px-tracker-spool"]
+            return not spool_files(spool_dir) and len(spool_threads) <= (
+                "px-tracker-spool" in before
+            )
+
+        assert wait_until(released, 15)
+        assert len(fake_px.events) == 3
 
     def test_shutdown_keeps_undelivered_events_and_says_so(
         self, fake_px: FakePX, spool_dir: Path, caplog: pytest.LogCaptureFixture

@@ -76,7 +76,7 @@ class SpoolStore(SpoolWriter):
         self._disk = False  # our own file takes writes
         self._writer: Optional[threading.Thread] = None
         self._orphans: list[Orphan] = []
-        self._buffer: Optional[Buffer] = None
+        self._buffer: Optional[weakref.ref[Buffer]] = None
         self._conn: Optional[sqlite3.Connection] = None
         self._lock: Optional[Lock] = None
         self.path: Optional[str] = None
@@ -173,7 +173,7 @@ class SpoolStore(SpoolWriter):
     def open(self, buffer: Buffer) -> None:
         """Create our file, adopt the orphans of the directory, start the writer. A disk
         we cannot use leaves a memory store (warned once)."""
-        self._buffer = buffer
+        self._buffer = weakref.ref(buffer)
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             self.path = new_name(self.directory)

@@ -8,8 +8,9 @@ import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from tracker._callbacks import Warnings
 from tracker._event import CustomEvent
@@ -88,7 +89,7 @@ class SpoolWriter:
     _disk: bool
     _writer: Optional[threading.Thread]
     _orphans: list[Orphan]
-    _buffer: Optional[Buffer]
+    _buffer: Optional[weakref.ref[Buffer]]  # weak: a tracker nobody holds ends its spool
     _conn: Optional[sqlite3.Connection]
     _lock: Optional[Lock]
 
@@ -114,6 +115,11 @@ class SpoolWriter:
         finally:
             self._finish()
 
+    def _changed(self, change: Callable[[], tuple[int, int]]) -> None:
+        buffer = self._buffer() if self._buffer is not None else None
+        if buffer is not None:
+            buffer.store_changed(change)
+
     def _next_round(self) -> bool:
         """Wait for work: ops (after the group-commit interval), room to read back into,
         or the close. False once closed with nothing left to write."""
@@ -121,6 +127,10 @@ class SpoolWriter:
             while True:
                 if self._ops or self._marks_dirty:
                     break
+                if self._buffer is not None and self._buffer() is None:
+                    # The pipeline was collected (its Tracker dropped, nothing pending):
+                    # close, so that its file is released.
+                    self._closing = True
                 if self._closing:
                     return False
                 if self._can_refill():
@@ -219,11 +229,10 @@ class SpoolWriter:
             self.backlog -= len(unwritten)
             return 0, 0
 
-        assert self._buffer is not None
-        self._buffer.store_changed(to_memory)
+        self._changed(to_memory)
 
     def _broken_mode(self) -> None:
-        if self._buffer is not None and self._disk:
+        if self._disk:
             self._disk_failed(RuntimeError("writer failed"), [])
 
     def _refill(self) -> None:
@@ -284,8 +293,7 @@ class SpoolWriter:
                 self._own_cursor = max(self._own_cursor, last)
             return 0, lost
 
-        assert self._buffer is not None
-        self._buffer.store_changed(apply)
+        self._changed(apply)
 
     def _unreadable(self, source: Optional[Orphan], exc: sqlite3.Error) -> None:
         if source is None:
