@@ -78,6 +78,9 @@ def leave_events(url: str, directory: Path, count: int, **options: Any) -> list[
     )
     ids = [t.track(f"u-{i}", "left", attributes={"i": i}) for i in range(count)]
     assert not t.shutdown(timeout=0)
+    # A request in flight at shutdown still goes out (and would be answered by a PX the
+    # caller heals next): wait for the senders to end.
+    assert wait_until(lambda: not t._core.pool.alive(), 10)
     assert rows_on_disk(directory) == count
     return [i for i in ids if i is not None]
 
