@@ -280,7 +280,9 @@ class TestBadDisks:
     ) -> None:
         with GatedPX() as px:
             px.held = (b"f-",)
-            child = Child("fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024))
+            child = Child(
+                "fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024), "10000"
+            )
             child.wait_line(lambda line: line == "done")
             px.held = ()
             child.send("flush")
@@ -291,6 +293,30 @@ class TestBadDisks:
             assert child.stderr.count("cannot write to") == 1, child.stderr
             assert "Traceback" not in child.stderr
             assert len({e["identifyId"] for e in px.events}) == 3000
+
+    def test_a_disk_filling_up_while_events_wait_on_it_loses_none_uncounted(
+        self, tmp_path: Path
+    ) -> None:
+        # max_queue_size=100: most events wait on disk when it fills up; those not yet
+        # written join memory, and memory (bounded again) drops the rest, counted.
+        with GatedPX() as px:
+            px.held = (b"f-",)
+            child = Child("fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024), "100")
+            child.wait_line(lambda line: line == "done")
+            px.held = ()
+            child.send("flush")
+            child.finish()
+            assert child.proc.returncode == 0, child.stderr
+            s = child.stats(-1)
+            assert s["tracked"] == 3000
+            assert s["failed"] == 0
+            assert s["pending"] == 0
+            assert s["delivered"] + s["dropped"] == 3000
+            assert set(s["dropped_by_reason"]) <= {"queue_overflow"}
+            assert s["delivered"] > 100
+            assert child.stderr.count("cannot write to") == 1, child.stderr
+            assert "Traceback" not in child.stderr
+            assert len({e["identifyId"] for e in px.events}) == s["delivered"]
 
 
 class TestOutage:

@@ -45,7 +45,7 @@ class Core:
         self.spool: Optional[SpoolStore]
         # A dry run (send=False) neither spools nor sends what earlier processes left.
         if config.spool is not None and self.background:
-            store = self.spool = SpoolStore(config, warnings)
+            store = self.spool = SpoolStore(config)
         else:
             store = MemoryStore(config.max_queue_size)
             self.spool = None

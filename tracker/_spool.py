@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Optional
 
 from tracker import _lifecycle
-from tracker._callbacks import Warnings
 from tracker._config import Config
 from tracker._counters import QUEUE_OVERFLOW, SPOOL_FULL
 from tracker._event import CustomEvent
@@ -43,7 +42,7 @@ logger = logging.getLogger("tracker")
 class SpoolStore(SpoolWriter):
     """Waiting events in memory (up to ``max_queue_size`` resident), all of them on disk."""
 
-    def __init__(self, config: Config, warnings: Warnings) -> None:
+    def __init__(self, config: Config) -> None:
         assert config.spool is not None
         self.directory = os.path.abspath(config.spool)
         self._interval = config.spool_interval
@@ -51,7 +50,6 @@ class SpoolStore(SpoolWriter):
         self._window = config.max_queue_size
         self._fsync = config.spool_fsync
         self._fp = fingerprint(config.api_key, config.endpoint)
-        self._warnings = warnings
         self._mem: deque[CustomEvent] = deque()
         self.pop = self._mem.popleft
         self._keys: dict[int, Key] = {}  # id(event) -> its row, for every resident event
@@ -74,6 +72,7 @@ class SpoolStore(SpoolWriter):
         self._asleep = False
         self._closing = False
         self._disk = False  # our own file takes writes
+        self._warned = False
         self._writer: Optional[threading.Thread] = None
         self._orphans: list[Orphan] = []
         self._buffer: Optional[weakref.ref[Buffer]] = None
@@ -179,11 +178,9 @@ class SpoolStore(SpoolWriter):
             self.path = new_name(self.directory)
             self._lock, self._conn = create_file(self.path, self._fp, self._fsync)
         except (OSError, sqlite3.Error) as exc:
-            self._warnings.warn(
-                "spool",
-                "spool: cannot use %s (%s): events are kept in memory only",
-                self.directory,
-                exc,
+            self._warned = True
+            logger.warning(
+                "spool: cannot use %s (%s): events are kept in memory only", self.directory, exc
             )
             return
         orphans = adopt_orphans(self.directory, self._fp, self._fsync, skip=self.path)

@@ -12,7 +12,6 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from tracker._callbacks import Warnings
 from tracker._event import CustomEvent
 from tracker._spool_files import Lock, Orphan, move_aside, remove_files
 from tracker._transport import encode
@@ -70,7 +69,6 @@ class SpoolWriter:
     backlog: int
     _interval: float
     _window: int
-    _warnings: Warnings
     _mem: deque[CustomEvent]
     _keys: dict[int, Key]
     _own_backlog: int
@@ -87,6 +85,7 @@ class SpoolWriter:
     _asleep: bool
     _closing: bool
     _disk: bool
+    _warned: bool  # the one warning about our disk was logged
     _writer: Optional[threading.Thread]
     _orphans: list[Orphan]
     _buffer: Optional[weakref.ref[Buffer]]  # weak: a tracker nobody holds ends its spool
@@ -163,10 +162,13 @@ class SpoolWriter:
             else:
                 adopted.setdefault(key[0], []).append((key[1],))
         conn = self._conn
-        if conn is not None and (inserts or own_deletes or marks is not None):
-            if self._disk:
+        if self._disk and conn is not None:
+            if inserts or own_deletes or marks is not None:
                 self._write_own(conn, inserts, own_deletes, marks)
-            elif own_deletes:
+        else:
+            # Pushed to wait on disk just before the disk failed: memory keeps them.
+            self._to_memory([(rid, ev) for rid, (ev, disk_only) in inserts.items() if disk_only])
+            if conn is not None and own_deletes:
                 self.spooled -= _best_effort_delete(conn, own_deletes)
         for orphan, rows in adopted.items():
             self.spooled -= _best_effort_delete(orphan.conn, rows)
@@ -212,14 +214,17 @@ class SpoolWriter:
         """Our file takes no more writes (full, read-only, I/O error): from now on events
         live in memory, bounded by max_queue_size; the ones that were to wait on disk
         join the memory queue."""
-        self._warnings.warn(
-            "spool",
-            "spool: cannot write to %s (%s): events are kept in memory only from now on "
-            "(stats().spooled counts what is on disk)",
-            self.directory,
-            exc,
-        )
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "spool: cannot write to %s (%s): events are kept in memory only from now "
+                "on (stats().spooled counts what is on disk)",
+                self.directory,
+                exc,
+            )
+        self._to_memory(unwritten)
 
+    def _to_memory(self, unwritten: list[tuple[int, CustomEvent]]) -> None:
         def to_memory() -> tuple[int, int]:
             self._disk = False
             for rid, event in unwritten:

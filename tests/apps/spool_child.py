@@ -4,8 +4,9 @@
         track N events (identifyId PREFIX-i) with spool=DIR, printing one line
         "T <eventId> <monotonic time>" after each track() returned; then "done", then wait
         for a line on stdin ("flush": flush and print the stats; EOF: exit at once)
-    python spool_child.py fsize DIR URL N LIMIT
-        the same under RLIMIT_FSIZE=LIMIT bytes; waits for "flush" on stdin, prints stats
+    python spool_child.py fsize DIR URL N LIMIT QUEUE
+        the same under RLIMIT_FSIZE=LIMIT bytes with max_queue_size=QUEUE; waits for
+        "flush" on stdin, prints stats
     python spool_child.py fork DIR URL
         track 5 events (p-i), fork; the child tracks 3 (c-i), flushes, prints its stats and
         leaves; the parent prints its stats, then waits for "flush" on stdin
@@ -43,6 +44,7 @@ def stats_line(t: Any) -> str:
             "dropped": s.dropped,
             "pending": s.pending,
             "spooled": s.spooled,
+            "dropped_by_reason": {k: v for k, v in s.dropped_by_reason.items() if v},
         }
     )
 
@@ -121,8 +123,10 @@ def main(argv: list[str]) -> int:
         prefix, count, interval, pace = argv[3], int(argv[4]), float(argv[5]), float(argv[6])
     else:  # fsize
         prefix, count, interval, pace = "f", int(argv[3]), 0.05, 0.0
+    queue = int(argv[5]) if mode == "fsize" else 10_000
     t = Tracker(
         API_KEY,
+        max_queue_size=queue,
         product_key=PRODUCT_KEY,
         base_url=url,
         spool=directory,
