@@ -115,6 +115,15 @@ class TestOnDisk:
         assert wait_until(lambda: rows_on_disk(spool_dir) == 50, 10)
         assert wait_until(lambda: t.stats().spooled == 50, 10)
 
+    @pytest.mark.parametrize(("fsync", "level"), [(False, 1), (True, 2)])
+    def test_spool_fsync_selects_synchronous_full(
+        self, fake_px: FakePX, spool_dir: Path, make: Any, fsync: bool, level: int
+    ) -> None:
+        t = make(fake_px.url, spool_dir, spool_fsync=fsync)
+        conn = t._core.spool._conn
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == level  # NORMAL, FULL
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
     def test_files_are_private_and_never_hold_the_api_key(
         self, fake_px: FakePX, spool_dir: Path, make: Any
     ) -> None:
