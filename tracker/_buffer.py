@@ -1,8 +1,9 @@
 """The bookkeeping of accepted, unsettled events: admission, flight, retries, settlement.
 
 One lock covers the store of waiting events, the retry heap, the in-flight set, the
-counters and the pacer, so ``tracked == delivered + failed + dropped + pending`` holds at
-every moment a reader can observe, and an event changes state in exactly one place.
+counters and the pacer, so ``tracked + recovered == delivered + failed + dropped +
+pending`` holds at every moment a reader can observe, and an event changes state in
+exactly one place.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from tracker._clock import Deadline
 from tracker._config import Config
-from tracker._counters import DRY_RUN, SHUTDOWN, Counters, Stats
+from tracker._counters import DRY_RUN, SHUTDOWN, SPOOL_CORRUPT, Counters, Stats
 from tracker._event import CustomEvent
 from tracker._overflow import Dropped, Overflow
 from tracker._pacing import Pacer, Turns
@@ -76,6 +77,7 @@ class Buffer:
         self._pacer = pacer
         self.counters = Counters()
         self.overflow = Overflow(config, self.counters, lock, clock, self._drop_oldest)
+        self.overflow.reason = lambda: store.full_reason
         self._delayed: list[tuple[float, int, Job]] = []  # (due, tiebreak, job): a heap
         self._in_flight: set[Job] = set()
         self._receipts: set[Receipt] = set()
@@ -91,6 +93,7 @@ class Buffer:
         self._accepting = True
         self._stopping = False
         self._retire_when_idle = False
+        self._kept = 0  # left in a durable store at shutdown: still pending, on disk
 
     # -- admission (caller's thread) -------------------------------------------------------
 
@@ -135,7 +138,8 @@ class Buffer:
         return self._store.has_room(self._pending())
 
     def _pending(self) -> int:
-        return len(self._store) + len(self._delayed) + len(self._in_flight)
+        store = self._store
+        return len(store) + store.backlog + len(self._delayed) + len(self._in_flight) + self._kept
 
     def _append(self, event: CustomEvent) -> None:
         self._store.push(event)
@@ -147,12 +151,15 @@ class Buffer:
 
     def _drop_oldest(self) -> Optional[CustomEvent]:
         """For drop_oldest: the oldest event not in flight, out of the queue."""
+        victim: Optional[CustomEvent] = None
         if len(self._store):
             self._taken += 1
-            return self._store.pop()
-        if self._delayed:
-            return heapq.heappop(self._delayed)[2].event
-        return None
+            victim = self._store.pop()
+        elif self._delayed:
+            victim = heapq.heappop(self._delayed)[2].event
+        if victim is not None:
+            self._store.settled((victim,))
+        return victim
 
     # -- taking work (worker threads, and callers draining the queue themselves) -----------
 
@@ -298,7 +305,7 @@ class Buffer:
             before = pacer.concurrency()
             pacer.answered(now, job.sent_at)
             limit = pacer.concurrency()
-            if limit <= before or not (len(self._store) or self._delayed):
+            if limit <= before or not (len(self._store) or self._store.backlog or self._delayed):
                 return False
             if self._idle:
                 self._work.notify()  # room for more in flight: an idle worker takes it
@@ -412,6 +419,37 @@ class Buffer:
             self._wake_all()
             return victims
 
+    def keep(self) -> int:
+        """With a durable store, at shutdown: stop sending what is still pending, which
+        stays on disk for the next process (and counted as pending). Returns how many."""
+        with self._lock:
+            store = self._store
+            kept = len(store.drain()) + len(self._delayed) + len(self._in_flight)
+            self._kept += kept
+            self._taken = self._appended
+            self._delayed.clear()
+            self._in_flight.clear()
+            self._wake_all()
+            return kept + store.backlog
+
+    def store_changed(self, change: Callable[[], tuple[int, int]]) -> None:
+        """For a durable store's own thread: run ``change`` under the lock (it moves events
+        between disk and memory) and wake who waits for work. It returns the events it
+        adopted from earlier processes and those it lost (unreadable), for the counters."""
+        with self._lock:
+            recovered, lost = change()
+            if recovered:
+                self.counters.recovered += recovered
+                self._appended += recovered  # flush() waits for adopted events too
+            if lost:
+                self.counters.dropped[SPOOL_CORRUPT] += lost
+                self._taken += lost
+            if len(self._store) and self._idle:
+                self._work.notify_all()
+            if self._draining or self._flush_marks:
+                self._settled.notify_all()
+            self.overflow.room_made()
+
     def stop(self) -> None:
         """Wake every waiting thread; ``take`` returns None from now on."""
         with self._lock:
@@ -435,7 +473,7 @@ class Buffer:
     def stats(self) -> Stats:
         with self._lock:
             return self.counters.snapshot(
-                self._pending(), self._pacer.rate(self._clock.monotonic())
+                self._pending(), self._pacer.rate(self._clock.monotonic()), self._store.spooled
             )
 
     def health_figures(self) -> tuple[float, int, Optional[float], Optional[float], float]:

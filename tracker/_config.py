@@ -185,6 +185,15 @@ def _check_ca_bundle(_: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         )
 
 
+def _check_spool(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"'spool' must be a directory path or None (got {value!r})")
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ConfigError(f"'spool' must be a directory, not a file (got {value!r})")
+
+
 def _default_workers(config: Config) -> int:
     # Paced, the concurrency follows the round trip up to this cap; unpaced, it is the cap,
     # and a handful of threads saturate a loopback server.
@@ -236,6 +245,15 @@ class Config:
     sync_mode: bool = attrs.field(default=False, validator=_check_bool)
     send: bool = attrs.field(default=True, validator=_check_bool)
     clock: Clock = attrs.field(default=SYSTEM_CLOCK, validator=_check_clock, repr=False)
+    # The durable spool (see _spool.py): a directory, how soon an event is on disk (0:
+    # before track() returns), the disk bound, and fsync on every commit (power loss).
+    spool: Optional[str] = attrs.field(default=None, converter=_to_path, validator=_check_spool)
+    spool_interval: float = attrs.field(default=0.05, validator=_check_float(0))
+    spool_max_bytes: int = attrs.field(default=1 << 30, validator=_check_int(4096))
+    spool_fsync: bool = attrs.field(default=False, validator=_check_bool)
+    #: The options given explicitly (arguments or environment), not defaulted: with a
+    #: spool, retries are unlimited unless max_retries or max_retry_time is among them.
+    given: frozenset[str] = attrs.field(factory=frozenset, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_max < self.backoff_base:
@@ -245,6 +263,17 @@ class Config:
             )
         if self.base_url is not None:
             self._check_base_url(self.base_url)
+        if self.spool is not None and self.sync_mode:
+            raise ConfigError(
+                "'spool' cannot be combined with sync_mode=True (sync mode sends in "
+                f"track() and keeps nothing to spool) (got spool={self.spool!r})"
+            )
+
+    @property
+    def retries_unlimited(self) -> bool:
+        """With a spool, retryable failures are retried until delivered unless the user
+        bounded them explicitly."""
+        return self.spool is not None and not ({"max_retries", "max_retry_time"} & self.given)
 
     def _check_base_url(self, url: str) -> None:
         parts = urlsplit(url)
@@ -280,7 +309,7 @@ class Config:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, value in options.items():
-            if name not in _FIELD_NAMES:
+            if name not in _FIELD_NAMES or name == "given":
                 raise ConfigError(f"unknown option {name!r}")
             if value is not UNSET:
                 values[name] = value
@@ -293,6 +322,7 @@ class Config:
             values[name] = parse(name, var, raw)
         if "api_key" not in values:
             raise ConfigError("'api_key' is required: pass api_key=... or set PX_API_KEY")
+        values["given"] = frozenset(values)
         return cls(**values)
 
 
@@ -341,6 +371,8 @@ _ENV: Mapping[str, tuple[str, Callable[[str, str, str], Any]]] = {
     "workers": ("PX_WORKERS", _env_int),
     "rate_limit": ("PX_RATE_LIMIT", _env_rate),
     "ca_bundle": ("PX_CA_BUNDLE", _env_text),
+    "spool": ("PX_SPOOL", _env_text),
+    "spool_max_bytes": ("PX_SPOOL_MAX_BYTES", _env_int),
 }
 
 _FIELD_NAMES = frozenset(a.name for a in attrs.fields(Config))

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from importlib import metadata
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import requests
 
@@ -16,6 +16,7 @@ from tracker._clock import Deadline
 from tracker._config import Config
 from tracker._counters import SHUTDOWN
 from tracker._pacing import LocalPacer
+from tracker._spool import SpoolStore
 from tracker._store import MemoryStore
 from tracker._transport import build_transport
 from tracker._workers import Sender, WorkerPool
@@ -39,17 +40,24 @@ class Core:
         self.config = config
         self.pid = os.getpid()
         self.lock = threading.RLock()  # start and finish, one at a time
-        self.buffer = buffer = Buffer(
-            config,
-            LocalPacer(config.rate_limit, config.workers),
-            MemoryStore(config.max_queue_size),
-        )
+        self.background = config.send and not config.sync_mode
+        store: Union[MemoryStore, SpoolStore]
+        self.spool: Optional[SpoolStore]
+        # A dry run (send=False) neither spools nor sends what earlier processes left.
+        if config.spool is not None and self.background:
+            store = self.spool = SpoolStore(config)
+        else:
+            store = MemoryStore(config.max_queue_size)
+            self.spool = None
+        self.buffer = buffer = Buffer(config, LocalPacer(config.rate_limit, config.workers), store)
+        # Called by track() after admission: with spool_interval=0, wait for the commit.
+        # (and with any interval when the spool's writer lags far behind).
+        self.durable: Optional[Callable[[], None]] = None
         self.outcomes = Outcomes(config, warnings)
         self.transport = build_transport(config, USER_AGENT, config.workers + 2)
         self.sender = Sender(config, buffer, self.transport, self.outcomes)
         self.pool = WorkerPool(buffer, self.sender, config.workers)
         buffer.overflow.may_block = self.pool.not_on_worker_thread
-        self.background = config.send and not config.sync_mode
         self.started = False
         self.finished = False
 
@@ -57,6 +65,9 @@ class Core:
         """Start the first sender (eagerly: Python 3.12+ refuses new threads at exit)."""
         with self.lock:
             if not self.started and not self.finished and self.background:
+                if self.spool is not None:
+                    self.spool.open(self.buffer)
+                    self.durable = self.spool.admitted
                 self.pool.start()
             self.started = True
 
@@ -82,10 +93,28 @@ class Core:
             self.finished = True
             self.buffer.close()
             delivered_all = self.flush(deadline)
-            abandoned = self.buffer.abandon()
+            spool = self.spool
+            if spool is not None and self.started:
+                kept = self.buffer.keep()
+                abandoned = []
+            else:
+                kept = 0
+                abandoned = self.buffer.abandon()
             self.buffer.stop()
+            if spool is not None:
+                # Commit what is queued and release the files for the next process.
+                spool.close(max(deadline.left(), 1.0))
             if self.pool.join(deadline):
                 self.transport.close()
+        if kept:
+            assert spool is not None
+            logger.warning(
+                "shutdown: %d event(s) not delivered within %.1fs stay in the spool %s "
+                "for the next process to send",
+                kept,
+                timeout,
+                spool.directory,
+            )
         if abandoned:
             logger.warning(
                 "shutdown: %d event(s) not settled within %.1fs were dropped",
@@ -93,7 +122,7 @@ class Core:
                 timeout,
             )
             self.outcomes.dropped(abandoned, SHUTDOWN)
-        return delivered_all and not abandoned
+        return delivered_all and not abandoned and not kept
 
     def orphan(self) -> None:
         """Nobody holds the Tracker any more: its senders end once nothing is pending, and

@@ -20,7 +20,9 @@ from tracker._telemetry import (
 QUEUE_OVERFLOW = "queue_overflow"
 SHUTDOWN = "shutdown"
 DRY_RUN = "dry_run"
-DROP_REASONS = (QUEUE_OVERFLOW, SHUTDOWN, DRY_RUN)
+SPOOL_FULL = "spool_full"  # spool_max_bytes reached (the overflow policy applied)
+SPOOL_CORRUPT = "spool_corrupt"  # a spooled event that could not be read back
+DROP_REASONS = (QUEUE_OVERFLOW, SHUTDOWN, DRY_RUN, SPOOL_FULL, SPOOL_CORRUPT)
 # Failed: PX said no, or kept failing until the retry budget ran out.
 REJECTED = "rejected"
 UNAUTHORIZED = "unauthorized"
@@ -30,7 +32,8 @@ FAIL_REASONS = (REJECTED, UNAUTHORIZED, RETRIES_EXHAUSTED)
 
 @attrs.frozen(kw_only=True)
 class Stats:
-    """A consistent snapshot: ``tracked == delivered + failed + dropped + pending``."""
+    """A consistent snapshot:
+    ``tracked + recovered == delivered + failed + dropped + pending``."""
 
     tracked: int
     delivered: int
@@ -52,6 +55,10 @@ class Stats:
     #: The most recent error of each reason seen: the failure reasons above,
     #: ``queue_overflow``, and ``retryable``/``rate_limited`` for attempts retried.
     last_errors: Mapping[str, LastError] = attrs.field(factory=dict)
+    #: Events adopted from the spool files of processes gone before this one.
+    recovered: int = 0
+    #: Accepted, unsettled events that are on disk now (0 without a spool).
+    spooled: int = 0
 
 
 class Counters:
@@ -63,6 +70,7 @@ class Counters:
         "dropped",
         "failed",
         "rate_limited",
+        "recovered",
         "retries",
         "telemetry",
         "tracked",
@@ -70,6 +78,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.tracked = 0
+        self.recovered = 0
         self.delivered = 0
         self.retries = 0
         self.rate_limited = 0
@@ -77,7 +86,7 @@ class Counters:
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.telemetry = Telemetry()
 
-    def snapshot(self, pending: int, send_rate: Optional[float]) -> Stats:
+    def snapshot(self, pending: int, send_rate: Optional[float], spooled: int = 0) -> Stats:
         latency, duration, last_errors = self.telemetry.figures()
         return Stats(
             tracked=self.tracked,
@@ -93,4 +102,6 @@ class Counters:
             delivery_latency=latency,
             request_duration=duration,
             last_errors=last_errors,
+            recovered=self.recovered,
+            spooled=spooled,
         )

@@ -39,6 +39,7 @@ _cores: weakref.WeakSet[Core] = weakref.WeakSet()
 _lock = threading.Lock()
 _pid = os.getpid()
 _fork_hooks: list[Callable[[], None]] = []
+_exit_hooks: list[Callable[[], None]] = []
 
 
 def register(tracker: Rebuildable) -> None:
@@ -61,9 +62,26 @@ def on_fork(hook: Callable[[], None]) -> None:
     _fork_hooks.append(hook)
 
 
+def on_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at exit after the pipelines were finished (the spool closes its
+    files there, also those of trackers that do not flush at exit)."""
+    _exit_hooks.append(hook)
+
+
 def shutdown_all_at_exit() -> None:
     """Finish every live pipeline that flushes at exit, against one real-time deadline
-    per tracker, all counted from now."""
+    per tracker, all counted from now; then run the exit hooks."""
+    try:
+        _finish_all()
+    finally:
+        for hook in _exit_hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("exit hook failed")
+
+
+def _finish_all() -> None:
     check_fork()
     with _lock:
         cores = [core for core in _cores if core.config.flush_at_exit and not core.finished]

@@ -45,6 +45,9 @@ class Overflow:
         # Set by the Tracker: False on a thread that must never wait for room (a worker
         # running a callback would wait for itself).
         self.may_block: Callable[[], bool] = lambda: True
+        # Set by the buffer: the drop reason of "no room" now (the spool's disk bound
+        # gives spool_full).
+        self.reason: Callable[[], str] = lambda: QUEUE_OVERFLOW
 
     def make_room(
         self, event: CustomEvent, admissible: Callable[[], Optional[bool]]
@@ -57,11 +60,17 @@ class Overflow:
             counters.dropped[SHUTDOWN] += 1
             return False, Dropped(event, SHUTDOWN)
         policy = self._policy
+        reason = self.reason()
+        what = (
+            f"queue full: {self._max} events pending"
+            if reason == QUEUE_OVERFLOW
+            else "spool full (spool_max_bytes reached)"
+        )
         if policy is OverflowPolicy.BLOCK:
             if not self.may_block():
-                counters.dropped[QUEUE_OVERFLOW] += 1
+                counters.dropped[reason] += 1
                 raise QueueFullError(
-                    f"queue full: {self._max} events pending, and a sender thread cannot "
+                    f"{what}, and a sender thread cannot "
                     "wait for room it would have to make itself (overflow='block')"
                 )
             state = self._wait_for_room(admissible)
@@ -70,24 +79,21 @@ class Overflow:
                 return False, Dropped(event, SHUTDOWN)
             if state:
                 return True, None
-            counters.dropped[QUEUE_OVERFLOW] += 1
+            counters.dropped[reason] += 1
             raise QueueFullError(
-                f"queue full: {self._max} events pending and no room within "
+                f"{what} and no room within "
                 f"{self._block_timeout}s (overflow='block', max_queue_size={self._max})"
             )
-        counters.dropped[QUEUE_OVERFLOW] += 1
+        counters.dropped[reason] += 1
         if policy is OverflowPolicy.RAISE:
-            raise QueueFullError(
-                f"queue full: {self._max} events pending "
-                f"(overflow='raise', max_queue_size={self._max})"
-            )
+            raise QueueFullError(f"{what} (overflow='raise', max_queue_size={self._max})")
         if policy is OverflowPolicy.DROP_OLDEST:
             victim = self._drop_oldest()
             if victim is not None:
                 self.room_made()
-                return True, Dropped(victim, QUEUE_OVERFLOW)
+                return True, Dropped(victim, reason)
         # drop_newest, or drop_oldest with every pending event already in flight.
-        return False, Dropped(event, QUEUE_OVERFLOW)
+        return False, Dropped(event, reason)
 
     def _wait_for_room(self, admissible: Callable[[], Optional[bool]]) -> Optional[bool]:
         clock = self._clock
@@ -106,7 +112,7 @@ class Overflow:
         except BaseException:
             # Interrupted while waiting (KeyboardInterrupt, say): the event was counted
             # as tracked, so it must end somewhere.
-            self._counters.dropped[QUEUE_OVERFLOW] += 1
+            self._counters.dropped[self.reason()] += 1
             raise
         return state
 

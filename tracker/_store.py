@@ -13,13 +13,27 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Protocol
 
+from tracker._counters import QUEUE_OVERFLOW
 from tracker._event import CustomEvent
 
 
 class Store(Protocol):
     """Every method runs under the buffer's lock: keep them cheap (no I/O)."""
 
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """Waiting events ``pop`` can hand out now (in memory)."""
+
+    @property
+    def backlog(self) -> int:
+        """Waiting events not in memory (on disk), handed out later: pending too."""
+
+    @property
+    def spooled(self) -> int:
+        """Unsettled events on disk (a gauge for stats())."""
+
+    @property
+    def full_reason(self) -> str:
+        """The drop reason when ``has_room`` says no."""
 
     def has_room(self, pending: int) -> bool:
         """Whether one more event may be admitted, ``pending`` being unsettled now."""
@@ -41,6 +55,9 @@ class MemoryStore:
     """Waiting events in a deque; ``max_queue_size`` bounds every unsettled event."""
 
     __slots__ = ("_events", "_max", "pop", "push")
+    backlog = 0
+    spooled = 0
+    full_reason = QUEUE_OVERFLOW
 
     def __init__(self, max_queue_size: int) -> None:
         self._events: deque[CustomEvent] = deque()

@@ -15,7 +15,7 @@ from tracker._callbacks import Warnings
 from tracker._clock import Clock, Deadline
 from tracker._config import UNSET, Config, ErrorCallback, OverflowPolicy, SuccessCallback, _Unset
 from tracker._core import VERSION, Core
-from tracker._counters import QUEUE_OVERFLOW, Stats
+from tracker._counters import QUEUE_OVERFLOW, SPOOL_FULL, Stats
 from tracker._event import CustomEvent, UserType, make_event
 from tracker._overflow import Dropped
 from tracker._telemetry import Health
@@ -77,6 +77,10 @@ class Tracker(_lifecycle.Rebuildable):
         sync_mode: Union[bool, _Unset] = UNSET,
         send: Union[bool, _Unset] = UNSET,
         clock: Union[Clock, _Unset] = UNSET,
+        spool: Union[Optional[str], os.PathLike[str], _Unset] = UNSET,
+        spool_interval: Union[float, _Unset] = UNSET,
+        spool_max_bytes: Union[int, _Unset] = UNSET,
+        spool_fsync: Union[bool, _Unset] = UNSET,
     ) -> None:
         options = dict(locals())
         del options["self"]
@@ -172,6 +176,8 @@ class Tracker(_lifecycle.Rebuildable):
         )
         if core.background:
             dropped = core.buffer.admit(event)
+            if core.durable is not None:
+                core.durable()
             if dropped is None:
                 return event.event_id
             return self._report_drop(core, event, dropped)
@@ -187,7 +193,15 @@ class Tracker(_lifecycle.Rebuildable):
         return event.event_id
 
     def _report_drop(self, core: Core, event: CustomEvent, dropped: Dropped) -> Optional[str]:
-        if dropped.reason == QUEUE_OVERFLOW:
+        if dropped.reason == SPOOL_FULL:
+            core.outcomes.warnings.warn(
+                SPOOL_FULL,
+                "spool full (spool_max_bytes=%d, overflow=%r): dropping events; "
+                "see stats().dropped_by_reason",
+                self._config.spool_max_bytes,
+                self._config.overflow.value,
+            )
+        elif dropped.reason == QUEUE_OVERFLOW:
             core.buffer.noted(QUEUE_OVERFLOW)
             if core.background and not core.pool.alive():
                 _warn_no_senders(core)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import traceback
 from typing import Callable, Optional
@@ -27,9 +28,10 @@ LONG_PAUSE = 10.0
 
 
 def retry_policy(config: Config) -> RetryPolicy:
+    unlimited = config.retries_unlimited  # a spool keeps them on disk meanwhile
     return RetryPolicy(
-        max_retries=config.max_retries,
-        max_retry_time=config.max_retry_time,
+        max_retries=None if unlimited else config.max_retries,
+        max_retry_time=math.inf if unlimited else config.max_retry_time,
         backoff_base=config.backoff_base,
         backoff_max=config.backoff_max,
         max_retry_after=config.max_retry_after,
