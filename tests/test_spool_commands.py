@@ -104,7 +104,7 @@ class TestDrain:
 SEND_CHILD = """
 import sys
 from tracker import _spool_commands
-from tracker.cli import event_arguments, parse_line
+from tracker.cli._jsonl import event_arguments, parse_line
 sys.exit(_spool_commands.send(
     sys.argv[1], sys.argv[2], api_key="k-send",
     to_arguments=lambda b: event_arguments(parse_line(b)),

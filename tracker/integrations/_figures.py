@@ -45,7 +45,9 @@ class Source:
 
 def read(tracker: Tracker) -> Figures:
     stats = tracker.stats()
-    recovered = _optional(stats, "recovered")
+    # Spool figures only for a tracker with a spool, as the README's metric table says.
+    spool = getattr(tracker.config, "spool", None) is not None
+    recovered = _optional(stats, "recovered") if spool else None
     outcomes = [("tracked", "", stats.tracked), ("delivered", "", stats.delivered)]
     if recovered is not None:
         outcomes.append(("recovered", "", recovered))
@@ -57,7 +59,7 @@ def read(tracker: Tracker) -> Figures:
         capacity=tracker.config.max_queue_size,
         outcomes=tuple(outcomes),
         recovered=recovered,
-        spooled=_optional(stats, "spooled"),
+        spooled=_optional(stats, "spooled") if spool else None,
         limiter_fallbacks=_optional(stats, "limiter_fallbacks"),
     )
 
