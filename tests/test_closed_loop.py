@@ -3,7 +3,6 @@ concurrency from the round trip (issue 11). Rates are measured at the server."""
 
 from __future__ import annotations
 
-import os  # noqa: F401 (read by the skipif condition)
 import time
 from typing import Any, Callable, Optional
 
@@ -13,23 +12,18 @@ from tracker import Tracker
 from tracker.testing import FakePX
 
 from ._nginx import Nginx, nginx_fixture  # noqa: F401 (the fixture)
+from .test_reliability import SLOW
 
 API_KEY = "test-key-closed-loop"
 PRODUCT_KEY = "AP-TEST-1"
-# Long variants, run with PX_SLOW=1 or -m slow (the convention of test_reliability.py).
-SLOW = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        "not (os.environ.get('PX_SLOW') or 'slow' in config.getoption('markexpr'))",
-        reason="long variant: PX_SLOW=1 or -m slow",
-    ),
-    pytest.mark.timeout(900),
-]
 RUNS_SLOW = 10
 
 
 def slow(test: Callable[..., None]) -> Callable[..., None]:
-    for mark in reversed(SLOW):
+    """The long-variant marks of test_reliability.py, with this module's own timeout (the
+    closest timeout mark is the one pytest-timeout uses, so it goes on first)."""
+    test = pytest.mark.timeout(900)(test)
+    for mark in SLOW:
         test = mark(test)
     return test
 

@@ -21,8 +21,8 @@ class Figures:
     #: ``(outcome, reason, count)``: the tracked/delivered/recovered totals (reason "")
     #: and every failed and dropped reason, zeros included, so rates start at zero.
     outcomes: tuple[tuple[str, str, int], ...]
-    # Figures only some trackers have (the spool's, the shared limiter's), read with
-    # getattr so that a tracker without them simply has no such metric.
+    # Figures only some trackers have (None without a spool / a shared limiter), so that a
+    # tracker without them simply has no such metric.
     recovered: Optional[int]
     spooled: Optional[int]
     limiter_fallbacks: Optional[int]
@@ -46,8 +46,8 @@ class Source:
 def read(tracker: Tracker) -> Figures:
     stats = tracker.stats()
     # Spool figures only for a tracker with a spool, as the README's metric table says.
-    spool = getattr(tracker.config, "spool", None) is not None
-    recovered = _optional(stats, "recovered") if spool else None
+    spool = tracker.config.spool is not None
+    recovered = stats.recovered if spool else None
     outcomes = [("tracked", "", stats.tracked), ("delivered", "", stats.delivered)]
     if recovered is not None:
         outcomes.append(("recovered", "", recovered))
@@ -59,7 +59,7 @@ def read(tracker: Tracker) -> Figures:
         capacity=tracker.config.max_queue_size,
         outcomes=tuple(outcomes),
         recovered=recovered,
-        spooled=_optional(stats, "spooled") if spool else None,
+        spooled=stats.spooled if spool else None,
         limiter_fallbacks=_optional(stats, "limiter_fallbacks"),
     )
 
