@@ -100,7 +100,10 @@ class TestLearningTheLimit:
         assert sum(r.status == 429 for r in later) / len(later) < 0.02, limited
         assert limited / len(requests) < 0.03, limited
         assert stats.send_rate is not None
-        assert stats.send_rate <= 100.0
+        # Learned: far below rate_limit (200), near the server's 100/s. Probing past the
+        # refused rate is how the limit is found (README, Pacing), at 0.2/s per second, so
+        # at the end of the run the rate may stand a few percent above 100, not more.
+        assert stats.send_rate <= 1.05 * 100
 
 
 class TestRoundTrip:
