@@ -81,7 +81,7 @@ def probe(monkeypatch: pytest.MonkeyPatch) -> _Probe:
 
 class TestRegistry:
     def test_the_registry_holds_the_documented_commands(self) -> None:
-        assert [c.name for c in tracker.cli.COMMANDS] == ["demo", "send", "serve"]
+        assert [c.name for c in tracker.cli.COMMANDS] == ["demo", "send", "serve", "spool"]
 
     @pytest.mark.parametrize("name", sorted(OWN_OPTIONS))
     def test_each_command_has_its_own_help(

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_spool import API_KEY, FAST, PRODUCT_KEY, leave_events, rows_on_disk
-from tracker import Tracker, _spool_commands
+from tracker import Tracker
+from tracker.cli import _spool as _spool_commands
+from tracker.cli import main
 from tracker.testing import FakePX
 
 ROOT = Path(__file__).parent.parent
@@ -103,7 +105,8 @@ class TestDrain:
 
 SEND_CHILD = """
 import sys
-from tracker import _spool_commands
+from tracker.cli import _spool as _spool_commands
+from tracker.cli import main
 from tracker.cli._jsonl import event_arguments, parse_line
 sys.exit(_spool_commands.send(
     sys.argv[1], sys.argv[2], api_key="k-send",
@@ -169,3 +172,75 @@ class TestSendWithSpool:
             out=io.StringIO(),
         )
         assert code == 2
+
+
+class TestCommandLine:
+    """The same commands through `tracker spool ...` and `tracker send --spool`."""
+
+    def test_status_through_the_command_line(
+        self, fake_px: FakePX, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        fake_px.fail_rate = 1.0
+        leave_events(fake_px.url, tmp_path, 4, **FAST)
+        assert main(["spool", "status", str(tmp_path), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert (report["events"], report["files"][0]["owner"]) == (4, "gone")
+
+    def test_drain_through_the_command_line_never_prints_the_key(
+        self,
+        fake_px: FakePX,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        fake_px.fail_rate = 1.0
+        ids = leave_events(fake_px.url, tmp_path, 6, **FAST)
+        fake_px.fail_rate = 0.0
+        key_file = tmp_path / "key"
+        key_file.write_text(API_KEY + "\n")
+        monkeypatch.delenv("PX_API_KEY", raising=False)
+        argv = ["spool", "drain", str(tmp_path), "--api-key-file", str(key_file)]
+        assert main([*argv, "--base-url", fake_px.url, "--timeout", "30"]) == 0
+        out, err = capsys.readouterr()
+        assert "6 event(s) found, 6 delivered, 0 failed, 0 still waiting" in out
+        assert sorted(e["eventId"] for e in fake_px.events) == sorted(ids)
+        assert API_KEY not in out + err
+
+    def test_usage_errors_exit_2_naming_what_is_missing(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("PX_API_KEY", raising=False)
+        assert main(["spool"]) == 2
+        assert "tracker spool status DIR" in capsys.readouterr().err
+        assert main(["spool", "drain", str(tmp_path)]) == 2
+        assert "no API key" in capsys.readouterr().err
+        source = tmp_path / "in.jsonl"
+        source.write_text("")
+        for extra, named in (
+            (["--resume"], "--resume"),
+            (["--local"], "--local"),
+            (["--dead-letter", str(tmp_path / "d")], "--dead-letter"),
+        ):
+            argv = ["send", str(source), "--spool", str(tmp_path / "s"), *extra]
+            assert main([*argv, "--api-key", "k-cli-spool-1"]) == 2
+            assert f"{named} does not go with --spool" in capsys.readouterr().err
+        assert main(["send", "-", "--spool", str(tmp_path), "--api-key", "k-cli-spool-1"]) == 2
+        assert "--spool needs a file" in capsys.readouterr().err
+
+    def test_send_through_a_spool_from_the_command_line(
+        self, fake_px: FakePX, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        source = tmp_path / "events.jsonl"
+        rows = [
+            {"identifyId": f"u{i}", "eventName": "cli", "eventId": f"id-{i}"} for i in range(20)
+        ]
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+        argv = ["send", str(source), "--spool", str(tmp_path / "spool"), "--base-url", fake_px.url]
+        argv += ["--api-key-file", str(tmp_path / "key"), "--product-key", "AP-CLI", "-q"]
+        (tmp_path / "key").write_text(API_KEY)
+        assert main(argv) == 1  # one bad line
+        out, err = capsys.readouterr()
+        assert "20 delivered, 0 failed, 1 bad line(s), 0 left" in out, err
+        assert "line 21" in err
+        assert sorted(e["eventId"] for e in fake_px.events) == sorted(r["eventId"] for r in rows)
+        assert {e["propertyKey"] for e in fake_px.events} == {"AP-CLI"}

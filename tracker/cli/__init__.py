@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from tracker._core import VERSION
-from tracker.cli import demo, send, serve
+from tracker.cli import demo, send, serve, spool
 from tracker.cli._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -40,6 +40,7 @@ COMMANDS: tuple[Command, ...] = (
     demo.COMMAND,
     send.COMMAND,
     serve.COMMAND,
+    spool.COMMAND,
 )
 
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -69,6 +70,53 @@ def error(command: str, message: str) -> None:
 
 def warn(command: str, message: str) -> None:
     print(redact(f"tracker {command}: warning: {message}"), file=sys.stderr)
+
+
+# -- the API key ---------------------------------------------------------------------------
+
+
+def add_key_options(command: argparse.ArgumentParser) -> None:
+    """--api-key-file and --api-key (else PX_API_KEY), for a command that sends to PX."""
+    keys = command.add_mutually_exclusive_group()
+    keys.add_argument("--api-key-file", metavar="PATH", help="read the API key from this file")
+    keys.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the API key (visible in the process list: prefer --api-key-file or PX_API_KEY)",
+    )
+
+
+def api_key_from(args: argparse.Namespace, command: str) -> Optional[str]:
+    """The key from --api-key-file or --api-key; None leaves it to PX_API_KEY. Whichever
+    it is, it is redacted from everything the command prints."""
+    if args.api_key_file:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as file:
+                key = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise CliError(f"cannot read --api-key-file {args.api_key_file}: {reason}") from None
+        if not key:
+            raise CliError(f"--api-key-file {args.api_key_file} is empty")
+        add_secret(key)
+        return key
+    if args.api_key is not None:
+        add_secret(args.api_key)
+        warn(
+            command,
+            "--api-key shows the key to anyone who can list processes or read your shell "
+            "history; prefer --api-key-file PATH or PX_API_KEY",
+        )
+        return str(args.api_key)
+    env_key = env_api_key()
+    if env_key:
+        add_secret(env_key)
+    return None
+
+
+def env_api_key() -> str:
+    """PX_API_KEY, where the Tracker reads the key from when none was given; "" if unset."""
+    return os.environ.get("PX_API_KEY", "").strip()
 
 
 # -- output --------------------------------------------------------------------------------

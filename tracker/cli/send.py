@@ -14,10 +14,12 @@ from tracker.cli._common import (
     EXIT_FAILED,
     CliError,
     Command,
+    add_key_options,
     add_output_options,
-    add_secret,
+    api_key_from,
+    env_api_key,
+    number,
     rate,
-    warn,
 )
 from tracker.cli._ledger import DeadLetter, Ledger, ResumeState
 from tracker.cli._sending import SendRun
@@ -56,13 +58,7 @@ def add_arguments(send: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send to an in-process FakePX instead of PX (no API key needed)",
     )
-    keys = send.add_mutually_exclusive_group()
-    keys.add_argument("--api-key-file", metavar="PATH", help="read the API key from this file")
-    keys.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="the API key (visible in the process list: prefer --api-key-file or PX_API_KEY)",
-    )
+    add_key_options(send)
     send.add_argument(
         "--product-key",
         metavar="KEY",
@@ -88,39 +84,19 @@ def add_arguments(send: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip lines an earlier run settled; append to the dead-letter file",
     )
+    send.add_argument(
+        "--spool",
+        metavar="DIR",
+        help="send through a durable spool in DIR: a run killed at any moment goes on, when "
+        "started again, after the last accepted line (bad lines are reported on stderr)",
+    )
+    send.add_argument(
+        "--timeout",
+        type=number,
+        metavar="SECONDS",
+        help="with --spool: how long to wait for delivery (default: until done)",
+    )
     add_output_options(send, "summary")
-
-
-def _api_key(args: argparse.Namespace) -> Optional[str]:
-    """The key from --api-key-file or --api-key; None leaves it to PX_API_KEY."""
-    if args.api_key_file:
-        try:
-            with open(args.api_key_file, encoding="utf-8") as file:
-                key = file.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise CliError(f"cannot read --api-key-file {args.api_key_file}: {reason}") from None
-        if not key:
-            raise CliError(f"--api-key-file {args.api_key_file} is empty")
-        add_secret(key)
-        return key
-    if args.api_key is not None:
-        add_secret(args.api_key)
-        warn(
-            "send",
-            "--api-key shows the key to anyone who can list processes or read your shell "
-            "history; prefer --api-key-file PATH or PX_API_KEY",
-        )
-        return str(args.api_key)
-    env_key = _env_key()
-    if env_key:
-        add_secret(env_key)
-    return None
-
-
-def _env_key() -> str:
-    """PX_API_KEY, where the Tracker reads the key from when none was given; "" if unset."""
-    return os.environ.get("PX_API_KEY", "").strip()
 
 
 def _open_input(path: str) -> tuple[IO[bytes], Optional[int]]:
@@ -150,10 +126,14 @@ def _same_file(a: str, b: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.local and (args.base_url or args.region):
         raise CliError("--local sends to a local FakePX: leave out --base-url and --region")
-    key = _api_key(args)
-    if key is None and not args.local and not _env_key():
+    key = api_key_from(args, "send")
+    if key is None and not args.local and not env_api_key():
         raise CliError("no API key: set PX_API_KEY, or pass --api-key-file PATH")
     source = args.file
+    if args.spool is not None:
+        return _send_through_spool(args, key)
+    if args.timeout is not None:
+        raise CliError("--timeout goes with --spool")
     stem = "stdin" if source == "-" else source
     dead_path = args.dead_letter or f"{stem}.dead.jsonl"
     state_path = args.state or f"{stem}.resume.json"
@@ -175,17 +155,8 @@ def run(args: argparse.Namespace) -> int:
 
             px = stack.enter_context(FakePX())
             options["base_url"] = px.url
-            key = key or _env_key() or "local"
-        if args.product_key is not None:
-            options["product_key"] = args.product_key
-        if args.region is not None:
-            options["region"] = args.region
-        if args.base_url is not None:
-            options["base_url"] = args.base_url
-        if args.workers is not None:
-            options["workers"] = args.workers
-        if args.rate_limit is not None:
-            options["rate_limit"] = args.rate_limit or None
+            key = key or env_api_key() or "local"
+        options.update(_options(args))
         if key is not None:
             options["api_key"] = key
         dead = DeadLetter(dead_path)
@@ -199,6 +170,44 @@ def run(args: argparse.Namespace) -> int:
         upload = SendRun(args, stream, size, skip_through, ledger, state, client, target, px)
         return upload.run()
     return EXIT_FAILED  # unreachable: mypy cannot see that ExitStack never swallows
+
+
+def _send_through_spool(args: argparse.Namespace, key: Optional[str]) -> int:
+    """``--spool DIR``: the spool keeps the events and the place in the file."""
+    if args.file == "-":
+        raise CliError("--spool needs a file: a run that resumes must read the same input")
+    for flag in ("resume", "dead_letter", "state", "local"):
+        if getattr(args, flag):
+            name = "--" + flag.replace("_", "-")
+            raise CliError(f"{name} does not go with --spool (the spool resumes on its own)")
+    from tracker.cli import _spool  # noqa: PLC0415
+    from tracker.cli._jsonl import event_arguments, parse_line  # noqa: PLC0415
+
+    options = _options(args)
+    return _spool.send(
+        args.file,
+        args.spool,
+        api_key=key,
+        options=options,
+        to_arguments=lambda data: event_arguments(parse_line(data)),
+        timeout=args.timeout,
+    )
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Tracker options the command line gave (the rest come from the environment)."""
+    options: dict[str, Any] = {}
+    if args.product_key is not None:
+        options["product_key"] = args.product_key
+    if args.region is not None:
+        options["region"] = args.region
+    if args.base_url is not None:
+        options["base_url"] = args.base_url
+    if args.workers is not None:
+        options["workers"] = args.workers
+    if args.rate_limit is not None:
+        options["rate_limit"] = args.rate_limit or None
+    return options
 
 
 COMMAND = Command(

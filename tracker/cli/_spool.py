@@ -1,7 +1,7 @@
-"""Command logic of ``tracker spool status|drain DIR`` and ``tracker send --spool DIR``.
+"""What ``tracker spool status|drain DIR`` and ``tracker send FILE --spool DIR`` do.
 
 Plain arguments in, an exit code out (0 done, 1 something not delivered, 2 usage,
-configuration or an unreadable directory), so the command line only parses and wires.
+configuration or an unreadable directory); the command modules only parse and wire.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tracker._spool_files import (
     spool_files,
 )
 from tracker._tracker import Tracker
+from tracker.cli._jsonl import BadLine
 from tracker.errors import ConfigError, TrackerError
 
 
@@ -235,8 +236,9 @@ def _send_lines(
         if number <= progress.resume_after or not data.strip():
             continue
         try:
-            t.track(**to_arguments(data))
-        except (ValueError, TrackerError, TypeError) as exc:
+            arguments = to_arguments(data)  # the parser's own error for a bad line
+            t.track(**arguments)
+        except (BadLine, ValueError, TrackerError, TypeError) as exc:
             bad += 1
             print(f"tracker send: line {number}: {exc}", file=sys.stderr)
         progress.read(number)
