@@ -8,8 +8,6 @@ exactly one place.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import threading
 from typing import Callable, Optional
 
@@ -17,52 +15,11 @@ from tracker._clock import Deadline
 from tracker._config import Config
 from tracker._counters import DRY_RUN, SHUTDOWN, SPOOL_CORRUPT, Counters, Stats
 from tracker._event import CustomEvent
+from tracker._jobs import Job, Jobs, Receipt
 from tracker._overflow import Dropped, Overflow
 from tracker._pacing import Pacer, Turns
 from tracker._store import Store
 from tracker._telemetry import LastError
-
-
-class Job:
-    """An event out of the store for delivery, and its retry state."""
-
-    __slots__ = (
-        "attempts",
-        "event",
-        "failures",
-        "first_attempt",
-        "last_message",
-        "last_status",
-        "sent_at",
-        "seq",
-        "worker",
-    )
-
-    def __init__(self, event: CustomEvent, seq: int, worker: bool) -> None:
-        self.event = event
-        self.seq = seq  # admission order; flush() waits for everything below its mark
-        self.worker = worker  # held by a worker thread (counted against concurrency)
-        self.attempts = 0  # requests sent, the first included
-        self.failures = 0  # retryable failures other than 429s: what max_retries bounds
-        self.first_attempt = 0.0
-        self.sent_at = 0.0  # when the last attempt started
-        self.last_status: Optional[int] = None
-        self.last_message: Optional[str] = None
-
-
-class Receipt:
-    """A settled job whose outcome is being reported: flush() waits for its release
-    (except on the reporting thread itself, whose callback may call flush())."""
-
-    __slots__ = ("_buffer", "seq", "thread")
-
-    def __init__(self, buffer: Buffer, seq: int) -> None:
-        self._buffer = buffer
-        self.seq = seq
-        self.thread = threading.get_ident()
-
-    def release(self) -> None:
-        self._buffer._release(self)
 
 
 class Buffer:
@@ -78,13 +35,8 @@ class Buffer:
         self.counters = Counters()
         self.overflow = Overflow(config, self.counters, lock, clock, self._drop_oldest)
         self.overflow.reason = lambda: store.full_reason
-        self._delayed: list[tuple[float, int, Job]] = []  # (due, tiebreak, job): a heap
-        self._in_flight: set[Job] = set()
-        self._receipts: set[Receipt] = set()
+        self._jobs = Jobs()  # in flight, retrying, being reported; the admission seq
         self._turns = Turns(lock, clock, pacer)  # senders waiting for a slot
-        self._appended = 0  # events ever admitted: the seq of the next one
-        self._taken = 0  # events ever taken out of the store
-        self._tiebreak = itertools.count()
         self._idle = 0  # workers waiting in take()
         self._sending = 0  # jobs held by workers
         self.threads = 0  # worker threads alive (kept by the pool, under the lock)
@@ -120,11 +72,7 @@ class Buffer:
                     return None, dropped
             else:
                 dropped = None
-            job = Job(event, self._appended, worker=False)
-            self._appended += 1
-            self._taken += 1
-            self._in_flight.add(job)
-            return job, dropped
+            return self._jobs.start_inline(event), dropped
 
     def record_dry_run(self) -> None:
         with self._lock:
@@ -139,11 +87,11 @@ class Buffer:
 
     def _pending(self) -> int:
         store = self._store
-        return len(store) + store.backlog + len(self._delayed) + len(self._in_flight) + self._kept
+        return len(store) + store.backlog + len(self._jobs) + self._kept
 
     def _append(self, event: CustomEvent) -> None:
         self._store.push(event)
-        self._appended += 1
+        self._jobs.appended += 1
         if self._idle:
             self._work.notify()
         if self._draining:
@@ -151,12 +99,11 @@ class Buffer:
 
     def _drop_oldest(self) -> Optional[CustomEvent]:
         """For drop_oldest: the oldest event not in flight, out of the queue."""
-        victim: Optional[CustomEvent] = None
         if len(self._store):
-            self._taken += 1
-            victim = self._store.pop()
-        elif self._delayed:
-            victim = heapq.heappop(self._delayed)[2].event
+            self._jobs.taken += 1
+            victim: Optional[CustomEvent] = self._store.pop()
+        else:
+            victim = self._jobs.pop_retry()
         if victim is not None:
             self._store.settled((victim,))
         return victim
@@ -164,16 +111,9 @@ class Buffer:
     # -- taking work (worker threads, and callers draining the queue themselves) -----------
 
     def _next_job(self, now: float, worker: bool) -> Optional[Job]:
-        delayed = self._delayed
-        job: Optional[Job] = None
-        if delayed and delayed[0][0] <= now:
-            job = heapq.heappop(delayed)[2]
-            job.worker = worker
-        elif len(self._store):
-            job = Job(self._store.pop(), self._taken, worker)
-            self._taken += 1
-        if job is not None:
-            self._in_flight.add(job)
+        job = self._jobs.due(now, worker)
+        if job is None and len(self._store):
+            job = self._jobs.start(self._store.pop(), worker)
         return job
 
     def take(self, finished: Optional[Job]) -> tuple[Optional[Job], bool]:
@@ -192,7 +132,8 @@ class Buffer:
                     job = self._next_job(now, worker=True)
                     if job is not None:
                         self._sending += 1
-                        waiting = len(self._store) or (self._delayed and self._delayed[0][0] <= now)
+                        due = self._jobs.next_due()
+                        waiting = len(self._store) or (due is not None and due <= now)
                         grow = bool(waiting) and not self._idle and self.threads < limit
                         return job, grow
                 if self._retire_when_idle and not self._pending():
@@ -200,8 +141,9 @@ class Buffer:
                 if self.threads > 2 * limit + 1:
                     break  # far more threads than the round trip needs: this one ends
                 timeout: Optional[float] = None
-                if self._delayed and self._sending < limit:
-                    timeout = self._delayed[0][0] - now
+                due = self._jobs.next_due()
+                if due is not None and self._sending < limit:
+                    timeout = due - now
                 self._idle += 1
                 try:
                     clock.wait(self._work, timeout)
@@ -217,12 +159,13 @@ class Buffer:
         clock = self._clock
         me = threading.get_ident()
         with self._lock:
-            while not self._stopping and not self._settled_below(mark, me):
+            while not self._stopping and not self._jobs.settled_below(mark, me):
                 now = clock.monotonic()
                 job = self._next_job(now, worker=False)
                 if job is not None:
                     return job
-                timeout = self._delayed[0][0] - now if self._delayed else None
+                due = self._jobs.next_due()
+                timeout = None if due is None else due - now
                 if deadline is not None:
                     left = deadline.left()
                     if left <= 0:
@@ -241,7 +184,7 @@ class Buffer:
         """Wait for the pacer's slot and the end of any 429 pause. False when the job was
         abandoned meanwhile (shutdown): do not send it."""
         with self._lock:
-            if self._turns.wait(lambda: job in self._in_flight and not self._stopping):
+            if self._turns.wait(lambda: self._jobs.flying(job) and not self._stopping):
                 job.sent_at = self._clock.monotonic()
                 return True
             return False
@@ -253,9 +196,8 @@ class Buffer:
         to release once its callback ran; None when the job had been abandoned (then it
         is not counted again)."""
         with self._lock:
-            if job not in self._in_flight:
+            if not self._jobs.land(job):
                 return None
-            self._in_flight.remove(job)
             clock = self._clock
             telemetry = self.counters.telemetry
             if failed_reason is None:
@@ -270,8 +212,7 @@ class Buffer:
                     time=clock.time(), status_code=job.last_status, message=job.last_message
                 )
             self._store.settled((job.event,))
-            receipt = Receipt(self, job.seq)
-            self._receipts.add(receipt)
+            receipt = self._jobs.receipt(self, job.seq)
             self._after_settle()
             return receipt
 
@@ -305,7 +246,8 @@ class Buffer:
             before = pacer.concurrency()
             pacer.answered(now, job.sent_at)
             limit = pacer.concurrency()
-            if limit <= before or not (len(self._store) or self._store.backlog or self._delayed):
+            waiting = len(self._store) or self._store.backlog or self._jobs.retrying
+            if limit <= before or not waiting:
                 return False
             if self._idle:
                 self._work.notify()  # room for more in flight: an idle worker takes it
@@ -315,11 +257,9 @@ class Buffer:
     def reschedule(self, job: Job, delay: float) -> bool:
         """Move an in-flight job to the retry heap, due in ``delay`` seconds."""
         with self._lock:
-            if job not in self._in_flight:
+            if not self._jobs.land(job):
                 return False
-            self._in_flight.remove(job)
-            due = self._clock.monotonic() + delay
-            heapq.heappush(self._delayed, (due, next(self._tiebreak), job))
+            self._jobs.delay(job, self._clock.monotonic() + delay)
             self.counters.retries += 1
             if self._idle:
                 self._work.notify()  # an idle worker may wait with no timeout
@@ -332,11 +272,11 @@ class Buffer:
         False when it was abandoned meanwhile."""
         clock = self._clock
         with self._lock:
-            if job not in self._in_flight:
+            if not self._jobs.flying(job):
                 return False
             self.counters.retries += 1
             until = clock.monotonic() + delay
-            while job in self._in_flight:
+            while self._jobs.flying(job):
                 now = clock.monotonic()
                 if now >= until:
                     return True
@@ -345,7 +285,7 @@ class Buffer:
 
     def _release(self, receipt: Receipt) -> None:
         with self._lock:
-            self._receipts.discard(receipt)
+            self._jobs.receipts.discard(receipt)
             if self._flush_marks:
                 self._settled.notify_all()
 
@@ -355,7 +295,7 @@ class Buffer:
         # at most the events from the mark on can still be pending. (Waking it on every
         # settled event cost a tenth of the delivery rate while a batch job flushed.)
         marks = self._flush_marks
-        if marks and self._pending() <= self._appended - min(marks):
+        if marks and self._pending() <= self._jobs.appended - min(marks):
             self._settled.notify_all()
 
     # -- flush, shutdown -------------------------------------------------------------------
@@ -363,31 +303,17 @@ class Buffer:
     def mark(self) -> int:
         """A flush mark: everything admitted so far has a seq below it."""
         with self._lock:
-            return self._appended
+            return self._jobs.appended
 
     def settled_below(self, mark: int) -> bool:
         with self._lock:
-            return self._settled_below(mark, threading.get_ident())
-
-    def _settled_below(self, mark: int, me: int) -> bool:
-        if self._taken < mark:
-            return False
-        if any(job.seq < mark for job in self._in_flight):
-            return False
-        if any(entry[2].seq < mark for entry in self._delayed):
-            return False
-        receipts = self._receipts
-        if any(r.thread == me for r in receipts):
-            # flush() from inside a callback: waiting for another thread's callback could
-            # wait for one that is waiting for us.
-            return True
-        return not any(r.seq < mark for r in receipts)
+            return self._jobs.settled_below(mark, threading.get_ident())
 
     def wait_settled(self, mark: int, deadline: Optional[Deadline]) -> bool:
         """Wait until every event admitted before ``mark`` is settled; False at deadline."""
         me = threading.get_ident()
         with self._lock:
-            while not self._settled_below(mark, me):
+            while not self._jobs.settled_below(mark, me):
                 left = None if deadline is None else deadline.left()
                 if left is not None and left <= 0:
                     return False
@@ -409,13 +335,9 @@ class Buffer:
         Returns the dropped events, oldest first, for ``on_error``."""
         with self._lock:
             victims = self._store.drain()
-            victims += [entry[2].event for entry in sorted(self._delayed)]
-            victims += [job.event for job in sorted(self._in_flight, key=lambda j: j.seq)]
+            victims += self._jobs.clear()
             self.counters.dropped[SHUTDOWN] += len(victims)
             self._store.settled(victims)
-            self._taken = self._appended
-            self._delayed.clear()
-            self._in_flight.clear()
             self._wake_all()
             return victims
 
@@ -424,11 +346,8 @@ class Buffer:
         stays on disk for the next process (and counted as pending). Returns how many."""
         with self._lock:
             store = self._store
-            kept = len(store.drain()) + len(self._delayed) + len(self._in_flight)
+            kept = len(store.drain()) + len(self._jobs.clear())
             self._kept += kept
-            self._taken = self._appended
-            self._delayed.clear()
-            self._in_flight.clear()
             self._wake_all()
             return kept + store.backlog
 
@@ -440,10 +359,10 @@ class Buffer:
             recovered, lost = change()
             if recovered:
                 self.counters.recovered += recovered
-                self._appended += recovered  # flush() waits for adopted events too
+                self._jobs.appended += recovered  # flush() waits for adopted events too
             if lost:
                 self.counters.dropped[SPOOL_CORRUPT] += lost
-                self._taken += lost
+                self._jobs.taken += lost
             if len(self._store) and self._idle:
                 self._work.notify_all()
             if self._draining or self._flush_marks:

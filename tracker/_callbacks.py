@@ -21,11 +21,11 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
-from tracker._buffer import Job, Receipt
 from tracker._clock import SYSTEM_CLOCK, Clock
 from tracker._config import Config
 from tracker._counters import UNAUTHORIZED
 from tracker._event import CustomEvent
+from tracker._jobs import Job, Receipt
 from tracker.errors import DeliveryError
 
 logger = logging.getLogger("tracker")

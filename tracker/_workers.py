@@ -9,11 +9,12 @@ import threading
 import traceback
 from typing import Callable, Optional
 
-from tracker._buffer import Buffer, Job
+from tracker._buffer import Buffer
 from tracker._callbacks import Outcomes, mark_sender_thread
 from tracker._clock import Deadline
 from tracker._config import Config
 from tracker._counters import REJECTED, RETRIES_EXHAUSTED, UNAUTHORIZED
+from tracker._jobs import Job
 from tracker._retry import Kind, RetryPolicy
 from tracker._telemetry import RATE_LIMITED, RETRYABLE
 from tracker._transport import Transport
