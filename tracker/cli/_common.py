@@ -114,6 +114,20 @@ def api_key_from(args: argparse.Namespace, command: str) -> Optional[str]:
     return None
 
 
+def tracker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Tracker options a command's flags gave (--product-key, --region, --base-url,
+    --workers, --rate-limit where it has them; 0 for --rate-limit means unpaced). The rest
+    come from the environment, as for any Tracker."""
+    options: dict[str, Any] = {}
+    for name in ("product_key", "region", "base_url", "workers"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    if getattr(args, "rate_limit", None) is not None:
+        options["rate_limit"] = args.rate_limit or None
+    return options
+
+
 def env_api_key() -> str:
     """PX_API_KEY, where the Tracker reads the key from when none was given; "" if unset."""
     return os.environ.get("PX_API_KEY", "").strip()

@@ -20,6 +20,7 @@ from tracker.cli._common import (
     env_api_key,
     number,
     rate,
+    tracker_options,
 )
 from tracker.cli._ledger import DeadLetter, Ledger, ResumeState
 from tracker.cli._sending import SendRun
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             px = stack.enter_context(FakePX())
             options["base_url"] = px.url
             key = key or env_api_key() or "local"
-        options.update(_options(args))
+        options.update(tracker_options(args))
         if key is not None:
             options["api_key"] = key
         dead = DeadLetter(dead_path)
@@ -183,7 +184,7 @@ def _send_through_spool(args: argparse.Namespace, key: Optional[str]) -> int:
     from tracker.cli import _spool  # noqa: PLC0415
     from tracker.cli._jsonl import event_arguments, parse_line  # noqa: PLC0415
 
-    options = _options(args)
+    options = tracker_options(args)
     return _spool.send(
         args.file,
         args.spool,
@@ -192,22 +193,6 @@ def _send_through_spool(args: argparse.Namespace, key: Optional[str]) -> int:
         to_arguments=lambda data: event_arguments(parse_line(data)),
         timeout=args.timeout,
     )
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """The Tracker options the command line gave (the rest come from the environment)."""
-    options: dict[str, Any] = {}
-    if args.product_key is not None:
-        options["product_key"] = args.product_key
-    if args.region is not None:
-        options["region"] = args.region
-    if args.base_url is not None:
-        options["base_url"] = args.base_url
-    if args.workers is not None:
-        options["workers"] = args.workers
-    if args.rate_limit is not None:
-        options["rate_limit"] = args.rate_limit or None
-    return options
 
 
 COMMAND = Command(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from tracker.cli._common import (
     CliError,
@@ -13,6 +12,7 @@ from tracker.cli._common import (
     env_api_key,
     number,
     rate,
+    tracker_options,
 )
 
 _EPILOG = """\
@@ -65,13 +65,7 @@ def run(args: argparse.Namespace) -> int:
     key = api_key_from(args, "spool")
     if key is None and not env_api_key():
         raise CliError("no API key: set PX_API_KEY, or pass --api-key-file PATH")
-    options: dict[str, Any] = {}
-    if args.region is not None:
-        options["region"] = args.region
-    if args.base_url is not None:
-        options["base_url"] = args.base_url
-    if args.rate_limit is not None:
-        options["rate_limit"] = args.rate_limit or None
+    options = tracker_options(args)
     return _spool.drain(args.directory, api_key=key, options=options, timeout=args.timeout)
 
 
