@@ -71,17 +71,17 @@ def test_eight_processes_without_the_limiter_for_contrast() -> None:
 
 
 def test_a_429_to_one_process_pauses_the_others(redis_server: RedisServer) -> None:
-    pause = 2.0
+    pause = 1.5
     with FakePX(api_key=API_KEY, rate_limit=200) as px:
         scripted = threading.Event()
 
         def on_request(record: object) -> None:
-            if not scripted.is_set() and len(px.requests) >= 150:
+            if not scripted.is_set() and len(px.requests) >= 100:
                 scripted.set()
                 px.respond_next(429, headers={"Retry-After": f"{pause:g}"})
 
         px.on_request = on_request
-        run = run_fleet(4, True, events=150, redis_url=redis_server.url, px=px)
+        run = run_fleet(4, True, events=100, redis_url=redis_server.url, px=px)
         assert run.delivered_once
         # Server-side timestamps: the 429, then nothing from anyone for (nearly) its pause.
         refused = [r for r in px.requests if r.status == 429]
@@ -98,7 +98,7 @@ def test_redis_stopped_mid_run_and_started_again(redis_server: RedisServer) -> N
     result = []
     worker = threading.Thread(
         target=lambda: result.append(
-            run_fleet(4, True, events=300, redis_url=redis_server.url, timeout=60)
+            run_fleet(4, True, events=200, redis_url=redis_server.url, timeout=60)
         )
     )
     worker.start()
