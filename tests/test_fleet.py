@@ -6,7 +6,10 @@ generous (2 shared cores): the issue's figures, not the best runs (~196 events/s
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -152,3 +155,41 @@ def _keys(server: RedisServer) -> tuple[bytes, bytes]:
 def _members(server: RedisServer) -> int:
     count: int = server.client().zcard(_keys(server)[1])
     return count
+
+
+FORK_CHILD = """
+import json, os, sys
+from tracker import Tracker
+t = Tracker("fleet-demo-key", product_key="AP-1", base_url=sys.argv[1], limiter=sys.argv[2],
+            flush_at_exit=False)
+for n in range(10):
+    t.track("parent", "e")
+assert t.flush(timeout=20)
+inherited = t._core.buffer._pacer._client
+pid = os.fork()
+if pid == 0:
+    for n in range(10):
+        t.track("child", "e")
+    ok = t.flush(timeout=20)
+    client = t._core.buffer._pacer._client
+    print(json.dumps({"ok": ok, "fresh": client is not inherited,
+                      "pool_pid": client.connection_pool.pid == os.getpid(),
+                      "fallbacks": t.stats().limiter_fallbacks}), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_child_uses_a_redis_client_of_its_own(redis_server: RedisServer) -> None:
+    with FakePX(api_key=API_KEY) as px:
+        done = subprocess.run(
+            [sys.executable, "-c", FORK_CHILD, px.url, redis_server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report == {"ok": True, "fresh": True, "pool_pid": True, "fallbacks": 0}
+        assert len(px.find("e")) == 20
