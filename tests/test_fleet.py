@@ -193,3 +193,22 @@ def test_a_forked_child_uses_a_redis_client_of_its_own(redis_server: RedisServer
         report = json.loads(done.stdout.strip().splitlines()[-1])
         assert report == {"ok": True, "fresh": True, "pool_pid": True, "fallbacks": 0}
         assert len(px.find("e")) == 20
+
+
+def test_demo_fleet_reports_both_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker", "demo", "--fleet", "2", "--events", "40", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) == {"no_limiter", "shared"}
+    for run in report.values():
+        assert run["delivered_once"] is True
+        assert run["events"] == 40
+        assert run["processes"] == 2
+    assert report["shared"]["limiter"] is True
+    assert API_KEY not in done.stdout + done.stderr

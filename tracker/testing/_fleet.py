@@ -234,7 +234,7 @@ def _table(n: int, events: int, runs: list[FleetRun]) -> str:
         ("throughput", lambda r: f"{r.throughput:.0f} events/s"),
         ("elapsed", lambda r: f"{r.elapsed_s:.1f} s"),
         ("delivered once", lambda r: "yes" if r.delivered_once else f"NO ({r.missing} missing)"),
-        ("limiter fallbacks", lambda r: f"{r.limiter_fallbacks}"),
+        ("limiter fallbacks", lambda r: f"{r.limiter_fallbacks}" if r.limiter else "-"),
     ]
     lines = [
         f"tracker demo --fleet {n}: {n} processes x {events} events, each rate_limit=200,",
