@@ -45,6 +45,7 @@ EXTRA = "pip install 'px-tracker[redis]'"
 SOCKET_TIMEOUT = 0.2  # seconds: slower than this, Redis counts as down (local pacing)
 GRANT_MAX = 4  # slots per round trip at most
 HORIZON = 0.02  # seconds: no slot is granted further ahead than this (or 2 intervals)
+STALE = 0.1  # seconds: a granted slot not taken this late is given up (or 2 intervals)
 RETRY_MIN = 0.5  # seconds before trying Redis again after a failure, doubling...
 RETRY_MAX = 10.0  # ...up to this
 MEMBER_WINDOW = 60.0  # seconds: the trackers seen within it share the limit
@@ -177,6 +178,9 @@ class RedisPacer:
         self._rate = rate
         self._interval = 1.0 / rate
         self._horizon = max(HORIZON, 2 * self._interval)
+        # A slot taken a little late (a busy host) still stands for one request of the
+        # schedule; one left far behind means the demand stopped.
+        self._stale = max(STALE, 2 * self._interval)
         self._cap = config.workers
         self._client = connect(config.limiter) if client is None else client
         self._url = config.limiter if isinstance(config.limiter, str) else None
@@ -218,7 +222,7 @@ class RedisPacer:
                     return self._interval  # ask Redis first (refill); this is no wait
                 return fallback.turn(now)
             slots = self._slots
-            while slots and now - slots[0] > self._horizon:
+            while slots and now - slots[0] > self._stale:
                 slots.popleft()  # too late to use: the schedule has moved on
                 self._last_slot = -1e9
             if slots:

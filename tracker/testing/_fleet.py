@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 
@@ -81,6 +81,7 @@ def run_fleet(
     events: int = 150,
     rate_limit: float = 200.0,
     server_rate: float = 200.0,
+    server_burst: Optional[int] = None,
     redis_url: Optional[str] = None,
     px: Optional[FakePX] = None,
     timeout: float = 60.0,
@@ -88,9 +89,13 @@ def run_fleet(
 ) -> FleetRun:
     """Run ``n`` processes of ``events`` events each; see the module docstring. A given
     ``px`` is used as is (and cleared first); a given ``redis_url`` too, else a
-    ``redis-server`` is started for the run when ``limiter`` is set."""
+    ``redis-server`` is started for the run when ``limiter`` is set. ``server_burst`` is
+    FakePX's bucket beyond one request (None: one second's worth)."""
     own_px = px is None
-    server = FakePX(api_key=API_KEY, rate_limit=server_rate) if px is None else px
+    if px is None:
+        server = FakePX(api_key=API_KEY, rate_limit=server_rate, burst=server_burst)
+    else:
+        server = px
     redis: Optional[RedisServer] = None
     try:
         if own_px:
@@ -198,6 +203,9 @@ def _figures(
     )
 
 
+DEMO_BURST = 20  # FakePX's bucket beyond one request: a tenth of a second at 200/s
+
+
 def fleet_demo(n: int, json_output: bool = False, events: int = 150) -> int:
     """Both runs of ``n`` processes, side by side. 0: nothing lost in either run; 1: an
     event was lost or duplicated; 2: the demo could not run (no redis-server...)."""
@@ -213,7 +221,10 @@ def fleet_demo(n: int, json_output: bool = False, events: int = 150) -> int:
         print("tracker demo --fleet needs: pip install 'px-tracker[redis]'", file=sys.stderr)
         return 2
     try:
-        runs = [run_fleet(n, False, events=events), run_fleet(n, True, events=events)]
+        runs = [
+            run_fleet(n, False, events=events, server_burst=DEMO_BURST),
+            run_fleet(n, True, events=events, server_burst=DEMO_BURST),
+        ]
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         print(f"tracker demo --fleet: {exc}", file=sys.stderr)
         return 2
@@ -228,7 +239,7 @@ def fleet_demo(n: int, json_output: bool = False, events: int = 150) -> int:
 
 def _table(n: int, events: int, runs: list[FleetRun]) -> str:
     plain, shared = runs
-    rows = [
+    rows: list[tuple[str, Callable[[FleetRun], str]]] = [
         ("requests", lambda r: f"{r.requests}"),
         ("answered 429", lambda r: f"{r.rate_limited} ({r.share_429 * 100:.1f}%)"),
         ("throughput", lambda r: f"{r.throughput:.0f} events/s"),
@@ -238,7 +249,7 @@ def _table(n: int, events: int, runs: list[FleetRun]) -> str:
     ]
     lines = [
         f"tracker demo --fleet {n}: {n} processes x {events} events, each rate_limit=200,",
-        "against one FakePX limiting at 200 requests/s",
+        f"against one FakePX limiting at 200 requests/s (token bucket, burst {DEMO_BURST})",
         "",
         f"  {'':<18} {'pacing per process':>20} {'shared limiter':>20}",
     ]
