@@ -72,10 +72,10 @@ def test_eight_processes_share_one_limit(redis_server: RedisServer) -> None:
 
 
 def test_eight_processes_without_the_limiter_for_contrast() -> None:
-    run = run_fleet(8, False, events=150, server_burst=BURST)
+    run = run_fleet(8, False, events=100, server_burst=BURST)
     assert run.delivered_once, (run.missing, run.duplicates)
     # Each paces at the whole limit on its own: many more 429s than the shared run's
-    # (none in its runs so far; 4-6 % here), and each 429 costs a second's pause.
+    # (none in its runs so far; 5-8 % here), and each 429 costs a second's pause.
     assert run.share_429 >= 0.02, run.as_dict()
 
 
