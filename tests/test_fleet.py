@@ -218,3 +218,30 @@ def test_demo_fleet_reports_both_runs() -> None:
         assert run["processes"] == 2
     assert report["shared"]["limiter"] is True
     assert API_KEY not in done.stdout + done.stderr
+
+
+def test_prometheus_exposes_limiter_fallbacks_only_with_a_limiter() -> None:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from tests.test_metrics import scrape  # noqa: PLC0415
+    from tracker.integrations import prometheus  # noqa: PLC0415
+
+    with RedisServer() as unused:
+        url = unused.url  # nobody listens there once stopped
+    with FakePX(api_key=API_KEY) as px:
+        shared = Tracker(
+            API_KEY, product_key="AP-1", base_url=px.url, limiter=url, flush_at_exit=False
+        )
+        alone = Tracker(API_KEY, product_key="AP-1", base_url=px.url, flush_at_exit=False)
+        try:
+            for tracker in (shared, alone):
+                tracker.track("u", "e")
+                assert tracker.flush(timeout=20)
+            with_limiter, without = CollectorRegistry(), CollectorRegistry()
+            prometheus.register(shared, registry=with_limiter)
+            prometheus.register(alone, registry=without)
+            assert scrape(with_limiter)[("px_tracker_limiter_fallbacks_total", ())] == 1
+            assert not any("limiter" in name for name, _ in scrape(without))
+        finally:
+            shared.shutdown(timeout=1)
+            alone.shutdown(timeout=1)
