@@ -245,3 +245,42 @@ def test_prometheus_exposes_limiter_fallbacks_only_with_a_limiter() -> None:
         finally:
             shared.shutdown(timeout=1)
             alone.shutdown(timeout=1)
+
+
+def test_a_busy_tracker_does_not_starve_a_quiet_one(redis_server: RedisServer) -> None:
+    # Two trackers on one key: a backlog of 600 (3 s at 200/s) and one event every 0.1 s.
+    with FakePX(api_key=API_KEY, rate_limit=200, burst=BURST) as px:
+        lock = threading.Lock()
+        tracked: dict[str, float] = {}
+        waited: list[float] = []
+
+        def on_success(event: object) -> None:
+            with lock:
+                waited.append(time.monotonic() - tracked[event.event_id])  # type: ignore[attr-defined]
+
+        options = {
+            "product_key": "AP-1",
+            "base_url": px.url,
+            "limiter": redis_server.url,
+            "flush_at_exit": False,
+        }
+        busy = Tracker(API_KEY, **options)
+        quiet = Tracker(API_KEY, on_success=on_success, **options)
+        try:
+            for n in range(600):
+                busy.track("busy", "e", event_id=event_id(1, n))
+            for n in range(10):
+                time.sleep(0.1)
+                with lock:
+                    tracked[event_id(2, n)] = time.monotonic()
+                quiet.track("quiet", "e", event_id=event_id(2, n))
+            assert quiet.flush(timeout=20)
+            assert busy.stats().pending > 0  # the backlog was still there all along
+            assert busy.flush(timeout=30)
+        finally:
+            busy.shutdown(timeout=1)
+            quiet.shutdown(timeout=1)
+    assert len(waited) == 10
+    # Each waited for one grant of the busy one at most (tens of ms), not for its backlog.
+    assert max(waited) < 0.5, sorted(round(w, 3) for w in waited)
+    assert sum(1 for r in px.requests if r.status == 429) == 0
