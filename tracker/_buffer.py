@@ -238,11 +238,15 @@ class Buffer:
         when the round trip now calls for more requests in flight than threads run."""
         now = self._clock.monotonic()
         pacer = self._pacer
-        with self._lock:
-            if pause is not None:
+        if pause is not None:
+            with self._lock:
                 self.counters.rate_limited += 1
                 pacer.rate_limited(now, job.sent_at, pause)
-                return False
+                tell = pacer.wants_refill()
+            if tell:
+                pacer.refill()  # a shared limiter tells the fleet now, outside the lock
+            return False
+        with self._lock:
             before = pacer.concurrency()
             pacer.answered(now, job.sent_at)
             limit = pacer.concurrency()
@@ -391,8 +395,12 @@ class Buffer:
 
     def stats(self) -> Stats:
         with self._lock:
+            pacer = self._pacer
             return self.counters.snapshot(
-                self._pending(), self._pacer.rate(self._clock.monotonic()), self._store.spooled
+                self._pending(),
+                pacer.rate(self._clock.monotonic()),
+                self._store.spooled,
+                pacer.fallbacks(),
             )
 
     def health_figures(self) -> tuple[float, int, Optional[float], Optional[float], float]:

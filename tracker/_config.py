@@ -15,6 +15,7 @@ import attrs
 
 from tracker._clock import SYSTEM_CLOCK, Clock
 from tracker._event import is_text
+from tracker._fleet import check_limiter, show_limiter
 from tracker.errors import ConfigError
 
 REGIONS: Mapping[str, str] = {
@@ -251,6 +252,9 @@ class Config:
     spool_interval: float = attrs.field(default=0.05, validator=_check_float(0))
     spool_max_bytes: int = attrs.field(default=1 << 30, validator=_check_int(4096))
     spool_fsync: bool = attrs.field(default=False, validator=_check_bool)
+    # The fleet-wide limit (see _fleet.py): a redis URL or client; rate_limit is then the
+    # total for every tracker sharing it and the API key.
+    limiter: Any = attrs.field(default=None, validator=check_limiter, repr=show_limiter)
     #: The options given explicitly (arguments or environment), not defaulted: with a
     #: spool, retries are unlimited unless max_retries or max_retry_time is among them.
     given: frozenset[str] = attrs.field(factory=frozenset, repr=False, eq=False)
@@ -267,6 +271,11 @@ class Config:
             raise ConfigError(
                 "'spool' cannot be combined with sync_mode=True (sync mode sends in "
                 f"track() and keeps nothing to spool) (got spool={self.spool!r})"
+            )
+        if self.limiter is not None and self.rate_limit is None:
+            raise ConfigError(
+                "'limiter' needs a rate_limit: it is the total the fleet shares "
+                "(got rate_limit=None)"
             )
 
     @property
@@ -373,6 +382,7 @@ _ENV: Mapping[str, tuple[str, Callable[[str, str, str], Any]]] = {
     "ca_bundle": ("PX_CA_BUNDLE", _env_text),
     "spool": ("PX_SPOOL", _env_text),
     "spool_max_bytes": ("PX_SPOOL_MAX_BYTES", _env_int),
+    "limiter": ("PX_LIMITER", _env_text),
 }
 
 _FIELD_NAMES = frozenset(a.name for a in attrs.fields(Config))

@@ -15,7 +15,7 @@ from tracker._callbacks import Outcomes, Warnings
 from tracker._clock import Deadline
 from tracker._config import Config
 from tracker._counters import SHUTDOWN
-from tracker._pacing import LocalPacer
+from tracker._pacing import LocalPacer, Pacer
 from tracker._spool import SpoolStore
 from tracker._store import MemoryStore
 from tracker._transport import build_transport
@@ -49,7 +49,16 @@ class Core:
         else:
             store = MemoryStore(config.max_queue_size)
             self.spool = None
-        self.buffer = buffer = Buffer(config, LocalPacer(config.rate_limit, config.workers), store)
+        pacer: Pacer
+        if config.limiter is None:
+            pacer = LocalPacer(config.rate_limit, config.workers)
+        else:
+            # A new client per process (Core is rebuilt in a forked child): no connection
+            # is shared with the parent.
+            from tracker._fleet import RedisPacer  # noqa: PLC0415
+
+            pacer = RedisPacer(config)
+        self.buffer = buffer = Buffer(config, pacer, store)
         # Called by track() after admission: with spool_interval=0, wait for the commit.
         # (and with any interval when the spool's writer lags far behind).
         self.durable: Optional[Callable[[], None]] = None

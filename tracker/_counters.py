@@ -59,6 +59,9 @@ class Stats:
     recovered: int = 0
     #: Accepted, unsettled events that are on disk now (0 without a spool).
     spooled: int = 0
+    #: Times the shared limiter (``limiter``) could not be reached and the tracker paced
+    #: locally at its share instead; None without a shared limiter.
+    limiter_fallbacks: Optional[int] = None
 
 
 class Counters:
@@ -86,7 +89,13 @@ class Counters:
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.telemetry = Telemetry()
 
-    def snapshot(self, pending: int, send_rate: Optional[float], spooled: int = 0) -> Stats:
+    def snapshot(
+        self,
+        pending: int,
+        send_rate: Optional[float],
+        spooled: int = 0,
+        limiter_fallbacks: Optional[int] = None,
+    ) -> Stats:
         latency, duration, last_errors = self.telemetry.figures()
         return Stats(
             tracked=self.tracked,
@@ -104,4 +113,5 @@ class Counters:
             last_errors=last_errors,
             recovered=self.recovered,
             spooled=spooled,
+            limiter_fallbacks=limiter_fallbacks,
         )

@@ -74,6 +74,9 @@ class Pacer(Protocol):
     def rate(self, now: float) -> Optional[float]:
         """The sending rate in effect (requests per second), None when not paced."""
 
+    def fallbacks(self) -> Optional[int]:
+        """Times a shared limiter fell back to local pacing; None without one."""
+
     def wants_refill(self) -> bool:
         """True when ``turn`` waits on something only ``refill`` can bring (Redis)."""
 
@@ -216,6 +219,9 @@ class LocalPacer:
         if latency is None:
             return 1  # the first answer tells the round trip; until then, one at a time
         return max(1, min(self._cap, math.ceil(rate * latency * HEADROOM)))
+
+    def fallbacks(self) -> Optional[int]:
+        return None
 
     def wants_refill(self) -> bool:
         return False

@@ -81,6 +81,7 @@ class Tracker(_lifecycle.Rebuildable):
         spool_interval: Union[float, _Unset] = UNSET,
         spool_max_bytes: Union[int, _Unset] = UNSET,
         spool_fsync: Union[bool, _Unset] = UNSET,
+        limiter: Union[Any, _Unset] = UNSET,
     ) -> None:
         options = dict(locals())
         del options["self"]

@@ -96,11 +96,24 @@ def add_arguments(demo: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="give up waiting for delivery after this long (default: %(default)s)",
     )
+    demo.add_argument(
+        "--fleet",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="run N processes (each rate_limit=200) against one FakePX at PX's 200 req/s, "
+        "without and then with the shared Redis limiter (needs redis-server and "
+        "px-tracker[redis]); --events is then the fleet's total",
+    )
     add_output_options(demo, "report")
 
 
 def run(args: argparse.Namespace) -> int:
     # The testing kit is imported by the commands that run it, never at import of the CLI.
+    if args.fleet is not None:
+        from tracker.testing._fleet import fleet_demo  # noqa: PLC0415
+
+        return fleet_demo(args.fleet, args.json, events=max(1, args.events // args.fleet))
     from tracker.testing import FakePX  # noqa: PLC0415
 
     px = FakePX(
