@@ -11,7 +11,7 @@ import pytest
 from tracker import DeliveryError, Tracker, __version__
 from tracker.testing import FakeClock, FakePX
 
-from .conftest import API_KEY, FAST_RETRY, wait_until
+from ._support import API_KEY, FAST_RETRY, wait_until
 
 MakeTracker = Callable[..., Tracker]
 

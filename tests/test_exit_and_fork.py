@@ -12,7 +12,7 @@ import time
 
 from tracker.testing import FakePX
 
-from .conftest import API_KEY, PRODUCT_KEY
+from ._support import API_KEY, PRODUCT_KEY
 
 
 def run_child(

@@ -22,7 +22,7 @@ from tracker import (
 from tracker._lifecycle import _cores
 from tracker.testing import FakePX
 
-from .conftest import API_KEY, FAST_RETRY, PRODUCT_KEY, wait_until
+from ._support import API_KEY, FAST_RETRY, PRODUCT_KEY, wait_until
 
 MakeTracker = Callable[..., Tracker]
 
