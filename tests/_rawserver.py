@@ -12,6 +12,7 @@ early_hints     103 Early Hints (with a Link header), then 201
 drip_201        201's status line and headers, then its body one byte per DRIP seconds
 drip_503        the same with a 503
 bad_zone_429    429 with a Retry-After HTTP-date whose zone offset is out of range
+overflow_zone_429  the same with an offset past a C int
 bad_headers     201 whose header block holds lines no parser accepts, echoing the key
 
 Every answer is written by the server's own threads; the test never sleeps.
@@ -37,7 +38,12 @@ import pytest
 CREATED = b'{"body":{},"statusCode":"CREATED","statusCodeValue":201}'
 DRIP = 0.5  # seconds between two bytes of a dripping body
 DRIP_LENGTH = 100  # bytes of a dripping body: 50 s in all, far past any test's timeout
-BAD_ZONE_DATE = "Wed, 21 Oct 2015 07:28:00 +9999"
+# Retry-After HTTP-dates whose zone offset is out of range: past a day (ValueError in
+# the parser), past a C int (OverflowError).
+BAD_ZONE_DATES = {
+    "bad_zone_429": "Wed, 21 Oct 2015 07:28:00 +9999",
+    "overflow_zone_429": "Wed, 21 Oct 2015 07:28:00 +99999999999999",
+}
 
 
 @attrs.frozen
@@ -199,10 +205,10 @@ def _drip(server: RawServer, conn: socket.socket, request: Request, status: byte
         conn.sendall(b" ")
 
 
-def _bad_zone_429(server: RawServer, conn: socket.socket, request: Request) -> None:
+def _bad_zone_429(server: RawServer, conn: socket.socket, request: Request, date: str) -> None:
     conn.sendall(
         b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %s\r\nConnection: close\r\n"
-        b"Content-Length: 0\r\n\r\n" % BAD_ZONE_DATE.encode()
+        b"Content-Length: 0\r\n\r\n" % date.encode()
     )
 
 
@@ -223,7 +229,10 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "early_hints": _early_hints,
     "drip_201": lambda s, c, r: _drip(s, c, r, b"201 Created"),
     "drip_503": lambda s, c, r: _drip(s, c, r, b"503 Service Unavailable"),
-    "bad_zone_429": _bad_zone_429,
+    "bad_zone_429": lambda s, c, r: _bad_zone_429(s, c, r, BAD_ZONE_DATES["bad_zone_429"]),
+    "overflow_zone_429": lambda s, c, r: _bad_zone_429(
+        s, c, r, BAD_ZONE_DATES["overflow_zone_429"]
+    ),
     "bad_headers": _bad_headers,
 }
 
