@@ -3,16 +3,20 @@ recorders, the counters' invariant, child processes and their environment."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from tracker import CustomEvent, DeliveryError
+from tracker.testing import FakePX
 
 API_KEY = "test-key-0001"
 PRODUCT_KEY = "AP-TEST-1"
@@ -113,3 +117,42 @@ def import_time() -> float:
     """How long a child takes to start and import the package (subtracted from timings)."""
     _, elapsed = run_code("import tracker")
     return elapsed
+
+
+def run_app(*args: object, timeout: float = 60) -> tuple[list[dict[str, Any]], float, str]:
+    """Run tests/apps/px_child.py; its JSON lines, the wall-clock time it exited at, its
+    stderr."""
+    proc = subprocess.run(
+        [sys.executable, str(APPS / "px_child.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(),
+        check=False,
+    )
+    exited_at = time.time()
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return lines, exited_at, proc.stderr
+
+
+def one(lines: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The one JSON line of ``kind`` a child wrote."""
+    found = [line for line in lines if line["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind!r} line, got {len(found)}: {lines}"
+    return found[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def refused_url() -> str:
+    """A loopback URL where nothing listens: every connection is refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def arrived_ids(px: FakePX) -> Counter[str]:
+    return Counter(px.event_ids())
