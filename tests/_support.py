@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from tracker import CustomEvent, DeliveryError
+from tracker import CustomEvent, DeliveryError, Tracker
 from tracker.testing import FakePX
 
 API_KEY = "test-key-0001"
@@ -156,3 +156,14 @@ def refused_url() -> str:
 
 def arrived_ids(px: FakePX) -> Counter[str]:
     return Counter(px.event_ids())
+
+
+def held_tracker(px: FakePX, make_tracker: Callable[..., Tracker], **options: Any) -> Tracker:
+    """A tracker with one worker stuck in a request the server holds, so that what is
+    tracked next stays queued."""
+    px.hold()
+    options.setdefault("workers", 1)
+    tracker = make_tracker(px.url, **options)
+    tracker.track("first", "in-flight")
+    assert wait_until(lambda: px.in_progress == 1)
+    return tracker
