@@ -8,7 +8,7 @@ from typing import Any, Callable
 from tracker import Tracker
 from tracker.testing import FakeClock, FakePX
 
-from .conftest import wait_until
+from ._support import wait_until
 
 PAUSE = 5.0
 CAPACITY = 3

@@ -1,9 +1,8 @@
-"""Shared helpers: trackers that are always shut down, and polling with a deadline."""
+"""Shared fixtures: trackers that are always shut down, raw servers; helpers live in _support."""
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -11,8 +10,8 @@ import pytest
 
 from tracker import Tracker
 
-API_KEY = "test-key-0001"
-PRODUCT_KEY = "AP-TEST-1"
+from ._rawserver import raw_server  # noqa: F401 (a fixture for every test file)
+from ._support import API_KEY, PRODUCT_KEY
 
 # Never let a developer's proxy settings route loopback test traffic.
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -20,20 +19,6 @@ for _var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROX
 # Nor a developer's PX_* configuration (PX_SLOW selects the long test variants).
 for _var in [v for v in os.environ if v.startswith("PX_") and v != "PX_SLOW"]:
     os.environ.pop(_var)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds passed; never sleeps long."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return bool(predicate())
-
-
-# Fast retries for tests that are not about the backoff schedule itself.
-FAST_RETRY: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05}
 
 
 @pytest.fixture

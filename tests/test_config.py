@@ -9,7 +9,7 @@ import pytest
 from tracker import Config, ConfigError, OverflowPolicy, Tracker
 from tracker._config import UNSET
 
-from .conftest import API_KEY
+from ._support import API_KEY
 
 
 def build(environ: dict[str, str] | None = None, **options: Any) -> Config:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from email.utils import formatdate
 from typing import Any, Callable
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from tracker import DeliveryError, Tracker, __version__
 from tracker.testing import FakeClock, FakePX
 
-from .conftest import API_KEY, FAST_RETRY, wait_until
+from ._support import API_KEY, FAST_RETRY, wait_until
 
 MakeTracker = Callable[..., Tracker]
 
@@ -307,37 +306,6 @@ class TestRetryBudget:
 
 
 class TestRateLimited:
-    def test_retry_after_pauses_every_worker(
-        self, fake_px: FakePX, make_tracker: MakeTracker
-    ) -> None:
-        fake_px.respond_next(429, headers={"Retry-After": "2"})
-        tracker = make_tracker(fake_px.url, workers=4, rate_limit=None)
-        ids = [tracker.track(f"u{i}", "e") for i in range(20)]
-        assert tracker.flush(15)
-        limited = [r for r in fake_px.requests if r.status == 429]
-        assert len(limited) == 1
-        window_start = limited[0].answered_at + 0.25  # requests already on their way
-        window_end = limited[0].answered_at + 2.0 - 0.02
-        inside = [r for r in fake_px.requests if window_start < r.arrived_at < window_end]
-        assert inside == []
-        later = [r for r in fake_px.requests if r.arrived_at >= window_end]
-        assert later, "the paused event was retried after the window"
-        assert sorted(fake_px.event_ids()) == sorted(ids)  # kept, not dropped
-        stats = tracker.stats()
-        assert (stats.rate_limited, stats.delivered, stats.failed) == (1, 20, 0)
-        assert stats.retries >= 1
-
-    def test_retry_after_as_an_http_date(self, fake_px: FakePX, make_tracker: MakeTracker) -> None:
-        wall_minus_mono = time.time() - time.monotonic()
-        until = int(time.time()) + 2
-        fake_px.respond_next(429, headers={"Retry-After": formatdate(until, usegmt=True)})
-        tracker = make_tracker(fake_px.url, rate_limit=None)
-        tracker.track("u1", "e")
-        assert tracker.flush(15)
-        first, second = fake_px.requests
-        assert (first.status, second.status) == (429, 201)
-        assert second.arrived_at + wall_minus_mono >= until - 0.05
-
     def test_missing_retry_after_uses_the_default_pause(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:

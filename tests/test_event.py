@@ -15,7 +15,7 @@ import pytest
 from tracker import CustomEvent, Tracker, UserType, ValidationError
 from tracker.testing import FakePX
 
-from .conftest import API_KEY, PRODUCT_KEY
+from ._support import API_KEY, PRODUCT_KEY
 
 
 @pytest.fixture

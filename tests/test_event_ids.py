@@ -15,7 +15,7 @@ import pytest
 
 from tracker import Tracker
 
-from .conftest import API_KEY, PRODUCT_KEY
+from ._support import API_KEY, PRODUCT_KEY
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import requests
 from tracker.testing import FakePX
 from tracker.testing._limits import LeakyBucket, TokenBucket
 
-from .conftest import wait_until
+from ._support import wait_until
 
 EVENT = {"identifyId": "u1", "propertyKey": "AP-1", "userType": "USER", "eventName": "signup"}
 

@@ -16,7 +16,7 @@ from tracker._callbacks import Warnings
 from tracker.testing import FakeClock, FakePX
 
 from ._faults import drive
-from .conftest import API_KEY, wait_until
+from ._support import API_KEY, wait_until
 
 MakeTracker = Callable[..., Tracker]
 

@@ -9,12 +9,15 @@ import logging
 import pickle
 import random
 import traceback
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
 from tracker import ConfigError, CustomEvent, DeliveryError, Tracker
 from tracker.testing import API_KEY_HEADER, FakePX, px_error
+
+from ._rawserver import RawServer
+from ._support import Recorder
 
 KEY = "sk-LEAK-CANARY-9f3b"
 # Any piece of the key would be a leak, a truncated one included: look for its middle.
@@ -181,6 +184,78 @@ class TestKeyNeverLeaks:
         ) as t:
             assert t.config.api_key == KEY
             assert_no_key(texts_of(t) + texts_of(t.config) + texts_of(t.stats()))
+
+
+def logged_texts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Everything the log records could show: messages, arguments, tracebacks."""
+    texts = [caplog.text]
+    for record in caplog.records:
+        texts += [record.getMessage(), repr(record.args)]
+        if record.exc_info:
+            texts.append("".join(traceback.format_exception(*record.exc_info)))
+    return texts
+
+
+def echo_tracker(server: RawServer, recorder: Recorder, **options: Any) -> Tracker:
+    return Tracker(
+        KEY,
+        product_key=PRODUCT_KEY,
+        base_url=server.url,
+        workers=1,
+        on_error=recorder.on_error,
+        on_success=recorder.on_success,
+        flush_at_exit=False,
+        backoff_base=0.01,
+        backoff_max=0.02,
+        **options,
+    )
+
+
+class TestServerBytesInErrors:
+    """Texts built from what a server sent, not only its response bodies, are redacted."""
+
+    def test_a_first_line_that_is_not_http_echoing_the_key_is_redacted(
+        self, raw_server: Callable[..., RawServer], everything_logged: pytest.LogCaptureFixture
+    ) -> None:
+        # issue 9 item 1: http.client's BadStatusLine(<the line>), wrapped by requests in
+        # a ConnectionError, reached the log and DeliveryError's message unredacted.
+        server = raw_server([], default="not_http")
+        recorder = Recorder()
+        with echo_tracker(server, recorder, max_retries=1) as t:
+            event_id = t.track("u", "echoed")
+            assert t.flush(timeout=10)
+            stats = t.stats()
+        assert [s.key for s in server.seen] == [KEY, KEY]  # the key went out, and came back
+        (error,) = recorder.errors
+        assert (error.reason, error.event_id, error.attempts) == ("retries_exhausted", event_id, 2)
+        assert error.message is not None
+        assert "***" in error.message  # the echo, redacted
+        assert stats.failed_by_reason["retries_exhausted"] == 1
+        assert_no_key(texts_of(error) + texts_of(error.args) + [str(error.message)])
+        assert_no_key(texts_of(pickle.loads(pickle.dumps(error))))
+        assert_no_key(logged_texts(everything_logged))
+
+    def test_header_lines_no_parser_accepts_echoing_the_key_stay_out_of_the_log(
+        self, raw_server: Callable[..., RawServer], everything_logged: pytest.LogCaptureFixture
+    ) -> None:
+        # issue 9 item 12: urllib3 logs "Failed to parse headers ... unparsed data: '...'"
+        # at WARNING, server bytes and all; the tracker notes the answer itself (DEBUG,
+        # without the bytes) and configures no logging of the application's.
+        server = raw_server([], default="bad_headers")
+        recorder = Recorder()
+        with echo_tracker(server, recorder) as t:
+            event_id = t.track("u", "odd-headers")
+            assert t.flush(timeout=10)
+        assert recorder.errors == []
+        assert recorder.delivered == [event_id]  # a 201 is a 201
+        assert [s.key for s in server.seen] == [KEY]
+        urllib3_records = [r for r in everything_logged.records if r.name.startswith("urllib3")]
+        assert urllib3_records, "urllib3 logged nothing at DEBUG: the log was not captured"
+        assert not [r for r in urllib3_records if r.levelno >= logging.WARNING]
+        assert_no_key(logged_texts(everything_logged))
+        for name in ("tracker", "urllib3"):  # nothing configured for the application
+            handlers = logging.getLogger(name).handlers
+            assert all(type(h) is logging.NullHandler for h in handlers), (name, handlers)
 
 
 NON_LOOPBACK_HTTP = [

@@ -107,6 +107,20 @@ def server_message(body: bytes, secret: str) -> Optional[str]:
     return redact(message, secret) or None
 
 
+def interpret(
+    status: int, retry_after: Optional[str], body: bytes, secret: str, now: float
+) -> Result:
+    """A complete answer as a Result: its status classified, a refusal's message
+    redacted, a 429's Retry-After read (``now``: the wall-clock time, for dates)."""
+    kind = classify(status)
+    if kind is Kind.DELIVERED:
+        return Result(kind, status)
+    message = server_message(body, secret)
+    if kind is Kind.RATE_LIMITED:
+        return Result(kind, status, message, parse_retry_after(retry_after, now))
+    return Result(kind, status, message)
+
+
 def describe(exc: BaseException, secret: str) -> str:
     """An exception as a short redacted line: its type, and its text."""
     text = redact(str(exc), secret)
@@ -307,13 +321,7 @@ class RequestsTransport:
             return Result(Kind.RETRY, None, describe(exc, secret))
         finally:
             _request.deadline = None
-        kind = classify(status)
-        if kind is Kind.DELIVERED:
-            return Result(kind, status)
-        message = server_message(answer, secret)
-        if kind is Kind.RATE_LIMITED:
-            return Result(kind, status, message, parse_retry_after(retry_after, self._clock.time()))
-        return Result(kind, status, message)
+        return interpret(status, retry_after, answer, secret, self._clock.time())
 
     def _without_body(self, status: int, retry_after: Optional[str], exc: BaseException) -> Result:
         """The status line came and the body did not: late (past the timeout), or broken

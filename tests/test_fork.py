@@ -1,23 +1,18 @@
-"""Processes: exit flush and exit deadline, os.fork() and multiprocessing children, and a
-real pre-forking web server (gunicorn --preload -w 3).
-
-Every child runs from a script in tests/apps/ against a FakePX in this (the test) process,
-so what arrived is observed from outside the processes that sent it.
-"""
+"""What only a real process shows at fork: os.fork() and multiprocessing children start
+empty and send only their own events, and a real pre-forking web server (gunicorn
+--preload -w 3) loses none at a graceful SIGTERM."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,96 +21,54 @@ import pytest
 
 from tracker.testing import FakePX
 
-APPS = Path(__file__).parent / "apps"
-CHILD = APPS / "px_child.py"
+from ._support import APPS, PRELUDE, arrived_ids, clean_env, free_port, one, run_app, run_code
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child: no PX_* settings leaking in from the outside."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PX_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def run_child(*args: object, timeout: float = 60) -> tuple[list[dict[str, Any]], float, str]:
-    """Run px_child.py; its JSON lines, the wall-clock time it exited at, its stderr."""
-    proc = subprocess.run(
-        [sys.executable, str(CHILD), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=clean_env(),
-        check=False,
-    )
-    exited_at = time.time()
-    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    return lines, exited_at, proc.stderr
-
-
-def one(lines: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [line for line in lines if line["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind!r} line, got {len(found)}: {lines}"
-    return found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def refused_url() -> str:
-    """A loopback URL where nothing listens: every connection is refused at once."""
-    return f"http://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture
-def blackhole_url() -> Iterator[str]:
-    """A loopback URL that accepts TCP connections (the kernel's backlog) and never answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def arrived_ids(px: FakePX) -> Counter[str]:
-    return Counter(px.event_ids())
-
-
-class TestExitFlush:
-    def test_events_still_pending_when_a_script_ends_are_all_sent_at_exit(self) -> None:
-        with FakePX(latency=0.05) as px:
-            lines, _, _ = run_child("exit-flush", px.url, 50)
-            tracked = one(lines, "tracked")
-            after = one(lines, "after_exit")
-            assert tracked["pending"] > 0, "nothing was left for the exit flush to do"
-            assert arrived_ids(px) == Counter(tracked["ids"])
-            assert after["stats"]["delivered"] == 50
-            assert after["stats"]["pending"] == 0
-            assert after["errors"] == []
-
-
-class TestExitDeadline:
-    @pytest.mark.parametrize("server", ["refused", "blackhole"])
-    def test_exit_waits_exit_timeout_then_drops_the_rest_as_shutdown(
-        self, server: str, blackhole_url: str
-    ) -> None:
-        url = refused_url() if server == "refused" else blackhole_url
-        lines, exited_at, stderr = run_child("exit-deadline", url, 20)
-        tracked = one(lines, "tracked")
-        waited = exited_at - one(lines, "main_done")["t"]
-        # exit_timeout=1: the flush may take 1 s; the rest (joining threads for at most
-        # 0.5 s, interpreter teardown) gets a generous margin on a loaded machine.
-        assert 0.9 <= waited <= 1.0 + 3.0, f"exit took {waited:.2f}s\n{stderr}"
-        after = one(lines, "after_exit")
-        stats = after["stats"]
-        assert stats["pending"] == 0
-        assert stats["dropped_by_reason"]["shutdown"] == 20
-        assert stats["tracked"] == stats["dropped"] == 20
-        assert Counter(eid for eid, _ in after["errors"]) == Counter(tracked["ids"])
-        assert {reason for _, reason in after["errors"]} == {"shutdown"}
+class TestFork:
+    def test_child_starts_empty_sends_its_own_and_never_the_parents(self, fake_px: FakePX) -> None:
+        fake_px.hold()  # the parent's events are still queued when it forks
+        code = (
+            PRELUDE
+            + f"""
+import warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+t = tracker_for({fake_px.url!r}, workers=1)
+parent_ids = [t.track("parent", f"p{{i}}") for i in range(5)]
+read_end, write_end = os.pipe()
+pid = os.fork()
+if pid == 0:
+    stats = t.stats()
+    ids = [t.track("child", f"c{{i}}") for i in range(3)]
+    ok = t.flush(20)
+    os.write(write_end, json.dumps({{"tracked_at_start": stats.tracked,
+        "pending_at_start": stats.pending, "ids": ids, "flushed": ok,
+        "delivered": t.stats().delivered}}).encode())
+    os._exit(0)
+os.close(write_end)
+child = json.loads(os.read(read_end, 65536))
+os.waitpid(pid, 0)
+print(json.dumps({{"parent": parent_ids, "child": child}}))
+"""
+        )
+        # The child's flush needs the server; the parent's events wait until it answers.
+        releaser = threading.Timer(1.0, fake_px.release)
+        releaser.start()
+        try:
+            done, _ = run_code(code)
+        finally:
+            releaser.cancel()
+            fake_px.release()
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        child = report["child"]
+        assert child["tracked_at_start"] == 0
+        assert child["pending_at_start"] == 0
+        assert child["flushed"] is True
+        assert child["delivered"] == 3
+        ids = fake_px.event_ids()
+        for event_id in report["parent"] + child["ids"]:
+            assert ids.count(event_id) == 1, event_id
+        assert len(ids) == 8
 
 
 class TestForkedChildren:
@@ -125,7 +78,7 @@ class TestForkedChildren:
     def test_child_sends_only_its_own_events_and_parent_only_its_own(self, mode: str) -> None:
         # Slow answers keep the parent's events in flight at the moment of the fork.
         with FakePX(latency=0.3) as px:
-            lines, _, stderr = run_child(mode, px.url, 5, 7)
+            lines, _, stderr = run_app(mode, px.url, 5, 7)
             parent = one(lines, "parent_tracked")
             assert parent["pending"] == 5, "the parent's events were not pending at fork time"
             start = one(lines, "child_start")

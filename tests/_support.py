@@ -1,0 +1,169 @@
+"""What many test files need, written once: keys, fast retries, polling, callback
+recorders, the counters' invariant, child processes and their environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from tracker import CustomEvent, DeliveryError, Tracker
+from tracker.testing import FakePX
+
+API_KEY = "test-key-0001"
+PRODUCT_KEY = "AP-TEST-1"
+APPS = Path(__file__).parent / "apps"
+
+# Fast retries for tests that are not about the backoff schedule itself.
+FAST_RETRY: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05}
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed; never sleeps long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return bool(predicate())
+
+
+class Recorder:
+    """An ``on_error`` (the instance itself, or ``.on_error``) and ``on_success`` recorder,
+    safe to call from any thread; it notes the thread each call ran on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failures: list[tuple[str, DeliveryError, str]] = []  # (event id, error, thread)
+        self.events: list[tuple[CustomEvent, DeliveryError]] = []
+        self.delivered: list[str] = []
+
+    def on_error(self, event: CustomEvent, error: DeliveryError) -> None:
+        with self.lock:
+            self.failures.append((event.event_id, error, threading.current_thread().name))
+            self.events.append((event, error))
+
+    __call__ = on_error
+
+    def on_success(self, event: CustomEvent) -> None:
+        with self.lock:
+            self.delivered.append(event.event_id)
+
+    @property
+    def errors(self) -> list[DeliveryError]:
+        with self.lock:
+            return [error for _, error, _ in self.failures]
+
+    def reasons(self) -> list[str]:
+        return [error.reason for error in self.errors]
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [event_id for event_id, _, _ in self.failures]
+
+
+def invariant_holds(s: Any) -> bool:
+    """Every tracked event is delivered, failed, dropped or pending, and the reasons add up."""
+    return bool(
+        s.tracked == s.delivered + s.failed + s.dropped + s.pending
+        and s.failed == sum(s.failed_by_reason.values())
+        and s.dropped == sum(s.dropped_by_reason.values())
+    )
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child: no PX_* settings leaking in from the outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PX_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_code(
+    code: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``code`` in a fresh interpreter; what it printed and how long it took."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(**(env or {})),
+        check=False,
+    )
+    return done, time.monotonic() - started
+
+
+# The start of a child's code: ``tracker_for(url, **options)`` builds a Tracker.
+PRELUDE = f"""
+import os, sys, json, time
+from tracker import Tracker
+def tracker_for(url, **options):
+    options.setdefault("product_key", {PRODUCT_KEY!r})
+    return Tracker({API_KEY!r}, base_url=url, **options)
+"""
+
+
+def import_time() -> float:
+    """How long a child takes to start and import the package (subtracted from timings)."""
+    _, elapsed = run_code("import tracker")
+    return elapsed
+
+
+def run_app(*args: object, timeout: float = 60) -> tuple[list[dict[str, Any]], float, str]:
+    """Run tests/apps/px_child.py; its JSON lines, the wall-clock time it exited at, its
+    stderr."""
+    proc = subprocess.run(
+        [sys.executable, str(APPS / "px_child.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(),
+        check=False,
+    )
+    exited_at = time.time()
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return lines, exited_at, proc.stderr
+
+
+def one(lines: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The one JSON line of ``kind`` a child wrote."""
+    found = [line for line in lines if line["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind!r} line, got {len(found)}: {lines}"
+    return found[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def refused_url() -> str:
+    """A loopback URL where nothing listens: every connection is refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def arrived_ids(px: FakePX) -> Counter[str]:
+    return Counter(px.event_ids())
+
+
+def held_tracker(px: FakePX, make_tracker: Callable[..., Tracker], **options: Any) -> Tracker:
+    """A tracker with one worker stuck in a request the server holds, so that what is
+    tracked next stays queued."""
+    px.hold()
+    options.setdefault("workers", 1)
+    tracker = make_tracker(px.url, **options)
+    tracker.track("first", "in-flight")
+    assert wait_until(lambda: px.in_progress == 1)
+    return tracker
