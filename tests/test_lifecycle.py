@@ -502,16 +502,7 @@ class TestDroppedTrackers:
         "pending",
         [
             pytest.param(False, id="settled"),
-            pytest.param(
-                True,
-                id="still-sending",
-                marks=pytest.mark.xfail(
-                    reason="open on main: a sender idle-waiting (no timeout) when another "
-                    "settles an orphaned tracker's last event is never woken "
-                    "(Buffer._after_settle does not notify _work on retire_when_idle)",
-                    strict=True,
-                ),
-            ),
+            pytest.param(True, id="still-sending"),
         ],
     )
     def test_a_dropped_tracker_is_collected_and_its_senders_end(

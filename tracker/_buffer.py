@@ -301,6 +301,8 @@ class Buffer:
         marks = self._flush_marks
         if marks and self._pending() <= self._jobs.appended - min(marks):
             self._settled.notify_all()
+        if self._retire_when_idle and self._idle and not self._pending():
+            self._work.notify_all()  # an orphaned tracker's idle senders end now
 
     # -- flush, shutdown -------------------------------------------------------------------
 
