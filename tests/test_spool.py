@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_until
+from tests._support import wait_until
 from tracker import ConfigError, DeliveryError, Stats, Tracker
 from tracker.testing import FakeClock, FakePX
 
