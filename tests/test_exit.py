@@ -256,12 +256,6 @@ print(json.dumps({{"main_done": time.time(), "threads": senders()}}))
             f"job-{i}" for i in range(30)
         )
 
-    @pytest.mark.xfail(
-        reason="open on main: an orphaned pipeline leaves the exit registry (a WeakSet) "
-        "when the Tracker is collected, so the exit flush never sees what it still holds; "
-        "its daemon senders die with the interpreter and the queued events are lost",
-        strict=True,
-    )
     def test_what_a_dropped_tracker_still_holds_is_sent_at_exit(self, fake_px: FakePX) -> None:
         fake_px.latency = 0.05
         report, _, stderr = main_done_and_exit(

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Union
 
 import requests
 
+from tracker import _lifecycle
 from tracker._buffer import Buffer
 from tracker._callbacks import Outcomes, Warnings
 from tracker._clock import Deadline
@@ -135,5 +136,8 @@ class Core:
 
     def orphan(self) -> None:
         """Nobody holds the Tracker any more: its senders end once nothing is pending, and
-        then nothing keeps this pipeline (or its connections) alive."""
+        then nothing keeps this pipeline (or its connections) alive but the exit registry,
+        which lets it go once it is settled."""
         self.buffer.retire_when_idle()
+        if self.background and self.buffer.pending:
+            _lifecycle.keep_orphan(self)

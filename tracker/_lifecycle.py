@@ -36,6 +36,9 @@ class Rebuildable:
 
 _trackers: weakref.WeakSet[Rebuildable] = weakref.WeakSet()
 _cores: weakref.WeakSet[Core] = weakref.WeakSet()
+# Pipelines of collected Trackers that may still hold events: kept (strongly) for the
+# exit flush, and let go once settled, at the next orphaning.
+_orphans: set[Core] = set()
 _lock = threading.Lock()
 _pid = os.getpid()
 _fork_hooks: list[Callable[[], None]] = []
@@ -55,6 +58,15 @@ def add_core(core: Core) -> None:
 def discard_core(core: Core) -> None:
     with _lock:
         _cores.discard(core)
+
+
+def keep_orphan(core: Core) -> None:
+    """``core``'s Tracker was collected: keep the pipeline for the exit flush while it
+    holds events; forget the earlier orphans that are settled."""
+    with _lock:
+        for old in [c for c in _orphans if c.finished or c.buffer.pending == 0]:
+            _orphans.discard(old)
+        _orphans.add(core)
 
 
 def on_fork(hook: Callable[[], None]) -> None:
@@ -84,7 +96,8 @@ def shutdown_all_at_exit() -> None:
 def _finish_all() -> None:
     check_fork()
     with _lock:
-        cores = [core for core in _cores if core.config.flush_at_exit and not core.finished]
+        alive = set(_cores) | _orphans
+        cores = [core for core in alive if core.config.flush_at_exit and not core.finished]
     if not cores:
         return
     start = time.monotonic()
@@ -115,6 +128,7 @@ def _after_fork_in_child() -> None:
         return
     _pid = os.getpid()
     _cores.clear()  # the parent's: its queue is the parent's to send
+    _orphans.clear()
     for hook in _fork_hooks:
         hook()
     for tracker in list(_trackers):
