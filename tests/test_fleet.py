@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import wait_until
+from tests._support import wait_until
 from tracker import Tracker
 from tracker.testing import FakePX
 from tracker.testing._fleet import API_KEY, event_id, run_fleet
