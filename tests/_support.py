@@ -167,3 +167,17 @@ def held_tracker(px: FakePX, make_tracker: Callable[..., Tracker], **options: An
     tracker.track("first", "in-flight")
     assert wait_until(lambda: px.in_progress == 1)
     return tracker
+
+
+def recorded_tracker(url: str, recorder: Recorder, key: str = API_KEY, **options: Any) -> Tracker:
+    """One sender thread whose outcomes ``recorder`` collects, and no exit flush."""
+    options.setdefault("workers", 1)
+    return Tracker(
+        key,
+        product_key=PRODUCT_KEY,
+        base_url=url,
+        on_error=recorder.on_error,
+        on_success=recorder.on_success,
+        flush_at_exit=False,
+        **options,
+    )

@@ -18,7 +18,7 @@ from tracker import Tracker
 from tracker.testing import FakePX
 
 from ._rawserver import BAD_ZONE_DATES, DRIP, RawServer
-from ._support import API_KEY, FAST_RETRY, PRODUCT_KEY, Recorder
+from ._support import API_KEY, FAST_RETRY, PRODUCT_KEY, Recorder, recorded_tracker
 
 RawServers = Callable[..., RawServer]
 
@@ -37,16 +37,7 @@ def px() -> Iterator[FakePX]:
 @pytest.fixture
 def one_worker(px: FakePX, recorder: Recorder) -> Iterator[Tracker]:
     """One sender thread: a later delivery proves that very thread survived."""
-    with Tracker(
-        API_KEY,
-        product_key=PRODUCT_KEY,
-        base_url=px.url,
-        workers=1,
-        on_error=recorder.on_error,
-        on_success=recorder.on_success,
-        flush_at_exit=False,
-        **FAST_RETRY,
-    ) as t:
+    with recorded_tracker(px.url, recorder, **FAST_RETRY) as t:
         yield t
 
 

@@ -17,7 +17,7 @@ from tracker import ConfigError, CustomEvent, DeliveryError, Tracker
 from tracker.testing import API_KEY_HEADER, FakePX, px_error
 
 from ._rawserver import RawServer
-from ._support import Recorder
+from ._support import Recorder, recorded_tracker
 
 KEY = "sk-LEAK-CANARY-9f3b"
 # Any piece of the key would be a leak, a truncated one included: look for its middle.
@@ -197,17 +197,8 @@ def logged_texts(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def echo_tracker(server: RawServer, recorder: Recorder, **options: Any) -> Tracker:
-    return Tracker(
-        KEY,
-        product_key=PRODUCT_KEY,
-        base_url=server.url,
-        workers=1,
-        on_error=recorder.on_error,
-        on_success=recorder.on_success,
-        flush_at_exit=False,
-        backoff_base=0.01,
-        backoff_max=0.02,
-        **options,
+    return recorded_tracker(
+        server.url, recorder, KEY, backoff_base=0.01, backoff_max=0.02, **options
     )
 
 

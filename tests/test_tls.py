@@ -10,10 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from tracker import Tracker
-
 from ._rawserver import PrivateCA, RawServer, make_private_ca
-from ._support import API_KEY, PRODUCT_KEY, Recorder
+from ._support import Recorder, recorded_tracker
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -33,16 +31,7 @@ def tls_server(raw_server: Callable[..., RawServer], ca: PrivateCA) -> RawServer
 def deliver(server: RawServer, **options: Any) -> Recorder:
     """Track one event against ``server``; what came of it."""
     recorder = Recorder()
-    with Tracker(
-        API_KEY,
-        product_key=PRODUCT_KEY,
-        base_url=server.url,
-        workers=1,
-        on_error=recorder.on_error,
-        on_success=recorder.on_success,
-        flush_at_exit=False,
-        **options,
-    ) as t:
+    with recorded_tracker(server.url, recorder, **options) as t:
         t.track("u", "over-tls")
         assert t.flush(timeout=10)
     return recorder
