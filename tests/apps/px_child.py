@@ -1,4 +1,4 @@
-"""Child processes for tests/test_processes.py.
+"""Child processes for tests/test_fork.py and tests/test_exit.py.
 
     python px_child.py exit-flush URL N      track N events, exit normally (no flush call)
     python px_child.py exit-deadline URL N   same with exit_timeout=1, for a dead server

@@ -1,4 +1,4 @@
-"""A WSGI app for tests/test_processes.py, run under ``gunicorn --preload -w 3``.
+"""A WSGI app for tests/test_fork.py, run under ``gunicorn --preload -w 3``.
 
 The module is imported once, in gunicorn's master (``--preload``): that is where the
 process-wide tracker is configured and where one ``app_boot`` event is tracked, before
