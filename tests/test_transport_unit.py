@@ -198,7 +198,7 @@ class TestOverTheMockTransport:
         recorder, made = tracked
         with mock_transport(first_429("2")) as calls:  # type: ignore[arg-type]
             t = mock_tracker(clock, made, recorder, workers=4)
-            t.track("u0", "first")
+            first = t.track("u0", "first")
             ids = [t.track(f"u{i}", "e") for i in range(1, 20)]
             drive(clock, t, step=0.05)
         requests = calls.requests
@@ -208,7 +208,7 @@ class TestOverTheMockTransport:
         inside = [r.at for r in requests if limited.at < r.at < limited.at + 2.0]
         assert inside == []
         assert any(r.at >= limited.at + 2.0 for r in requests)
-        assert sorted(recorder.delivered) == sorted([requests[0].body["eventId"], *ids])
+        assert sorted(recorder.delivered) == sorted([first, *ids])
         s = t.stats()
         assert (s.rate_limited, s.delivered, s.failed) == (1, 20, 0)
 

@@ -48,6 +48,7 @@ _exit_hooks: list[Callable[[], None]] = []
 def register(tracker: Rebuildable) -> None:
     with _lock:
         _trackers.add(tracker)
+    _forget_settled_orphans()
 
 
 def add_core(core: Core) -> None:
@@ -62,11 +63,16 @@ def discard_core(core: Core) -> None:
 
 def keep_orphan(core: Core) -> None:
     """``core``'s Tracker was collected: keep the pipeline for the exit flush while it
-    holds events; forget the earlier orphans that are settled."""
-    with _lock:
-        for old in [c for c in _orphans if c.finished or c.buffer.pending == 0]:
+    holds events. Called from a finalizer, which may run inside any locked section of
+    any thread: it takes no lock (a set's add is atomic); ``register`` lets go of the
+    orphans that are settled."""
+    _orphans.add(core)
+
+
+def _forget_settled_orphans() -> None:
+    for old in list(_orphans):
+        if old.finished or old.buffer.pending == 0:
             _orphans.discard(old)
-        _orphans.add(core)
 
 
 def on_fork(hook: Callable[[], None]) -> None:
@@ -96,7 +102,7 @@ def shutdown_all_at_exit() -> None:
 def _finish_all() -> None:
     check_fork()
     with _lock:
-        alive = set(_cores) | _orphans
+        alive = set(_cores) | set(_orphans)
         cores = [core for core in alive if core.config.flush_at_exit and not core.finished]
     if not cores:
         return
