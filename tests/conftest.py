@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tracker import Tracker
+from tracker import Tracker, _api
 
 from ._rawserver import raw_server  # noqa: F401 (a fixture for every test file)
 from ._support import API_KEY, PRODUCT_KEY
@@ -38,3 +38,14 @@ def make_tracker() -> Iterator[Callable[..., Tracker]]:
     yield make
     for tracker in made:
         tracker.shutdown(timeout=0)
+
+
+@pytest.fixture
+def fresh_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No process-wide tracker before the test (``tracker.configure()`` & co. start
+    afresh); the one the test configured is shut down after it, the previous restored."""
+    monkeypatch.setattr(_api, "_default", None)
+    yield
+    current = _api._default
+    if current is not None:
+        current.shutdown(timeout=0)

@@ -28,6 +28,8 @@ def test_package_exports_exactly_the_documented_names() -> None:
             "UserType",
             "ValidationError",
             "__version__",
+            "aflush",
+            "ashutdown",
             "configure",
             "default_tracker",
             "flush",

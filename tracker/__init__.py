@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from tracker._api import configure, default_tracker, flush, health, shutdown, stats, track
+from tracker._api import (
+    aflush,
+    ashutdown,
+    configure,
+    default_tracker,
+    flush,
+    health,
+    shutdown,
+    stats,
+    track,
+)
 from tracker._clock import Clock
 from tracker._config import Config, OverflowPolicy
 from tracker._core import VERSION
@@ -39,6 +49,8 @@ __all__ = [
     "UserType",
     "ValidationError",
     "__version__",
+    "aflush",
+    "ashutdown",
     "configure",
     "default_tracker",
     "flush",

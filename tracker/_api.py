@@ -99,6 +99,19 @@ def shutdown(*args: Any, **kwargs: Any) -> Any:
     return True if current is None else current.shutdown(*args, **kwargs)
 
 
+async def aflush(timeout: Optional[float] = None) -> bool:
+    """``await aflush()`` on the process-wide tracker: ``flush()`` without blocking the
+    event loop."""
+    return await default_tracker().aflush(timeout)
+
+
+async def ashutdown(timeout: Optional[float] = None) -> bool:
+    """``await ashutdown()`` on the process-wide tracker, without blocking the event
+    loop; True when there is none."""
+    current = _default
+    return True if current is None else await current.ashutdown(timeout)
+
+
 def stats() -> Stats:
     """``stats()`` of the process-wide tracker."""
     return default_tracker().stats()

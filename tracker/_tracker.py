@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Optional, Union
 
 from tracker import _lifecycle
+from tracker._aio import AsyncMixin
 from tracker._callbacks import Warnings
 from tracker._clock import Clock, Deadline
 from tracker._config import UNSET, Config, ErrorCallback, OverflowPolicy, SuccessCallback, _Unset
@@ -41,12 +42,13 @@ class _Holder:
         self.core.orphan()
 
 
-class Tracker(_lifecycle.Rebuildable):
+class Tracker(_lifecycle.Rebuildable, AsyncMixin):
     """Sends PX custom events from background threads; see the README for the contract.
 
     ``track()`` validates on the caller's thread and queues; daemon senders deliver with
     retries, pacing and 429 pauses; ``flush()`` waits; ``shutdown()`` (also at exit)
-    flushes within a deadline and drops, counted, whatever is left.
+    flushes within a deadline and drops, counted, whatever is left. ``aflush()``,
+    ``ashutdown()`` and ``async with`` do the same for asyncio without blocking the loop.
     """
 
     def __init__(
