@@ -45,6 +45,8 @@ def test_the_loop_keeps_running_while_aflush_waits_on_a_hanging_px(
 
     async def main() -> bool:
         t.track("user-1", "held")
+        while fake_px.in_progress < 1:  # the sender's request has reached PX, held there
+            await asyncio.sleep(0.005)
         flushing = asyncio.ensure_future(t.aflush(timeout=60))
 
         async def heartbeat() -> None:
@@ -64,7 +66,7 @@ def test_the_loop_keeps_running_while_aflush_waits_on_a_hanging_px(
     assert asyncio.run(main()) is True
     assert seen["ticks"] >= 20
     assert seen["flush_done_at_20"] is False
-    assert seen["in_flight_at_20"] == 1  # the request was held all along, not yet answered
+    assert seen["in_flight_at_20"] == 1  # still held: nothing answered before the release
     assert len(fake_px.events) == 1
 
 
