@@ -15,7 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from tracker import CustomEvent, DeliveryError, Tracker
+import pytest
+
+from tracker import CustomEvent, DeliveryError, Stats, Tracker
 from tracker.testing import FakePX
 
 API_KEY = "test-key-0001"
@@ -71,17 +73,66 @@ class Recorder:
 
 
 def invariant_holds(s: Any) -> bool:
-    """Every tracked event is delivered, failed, dropped or pending, and the reasons add up."""
+    """Every tracked (or recovered from a spool) event is delivered, failed, dropped or
+    pending, and the reasons add up."""
     return bool(
-        s.tracked == s.delivered + s.failed + s.dropped + s.pending
+        s.tracked + s.recovered == s.delivered + s.failed + s.dropped + s.pending
         and s.failed == sum(s.failed_by_reason.values())
         and s.dropped == sum(s.dropped_by_reason.values())
     )
 
 
+class InvariantSampler:
+    """Samples ``stats()`` from its own thread until stopped; keeps only counts and the
+    first few snapshots that broke the invariant (so it allocates nothing per sample)."""
+
+    def __init__(self, tracker: Tracker, pause: float = 0.001) -> None:
+        self._tracker = tracker
+        self._pause = pause
+        self._stop = threading.Event()
+        self.samples = 0
+        self.broken: list[Stats] = []
+        self._thread = threading.Thread(target=self._run, name="invariant-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            s = self._tracker.stats()
+            self.samples += 1
+            if not invariant_holds(s) and len(self.broken) < 10:
+                self.broken.append(s)
+            time.sleep(self._pause)
+
+    def __enter__(self) -> InvariantSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+# Long variants run with PX_SLOW=1 (or -m slow: tests/conftest.py removes every other PX_*
+# variable from the environment before the test modules are imported).
+SLOW = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        "not (os.environ.get('PX_SLOW') or 'slow' in config.getoption('markexpr'))",
+        reason="long variant: PX_SLOW=1 or -m slow",
+    ),
+    pytest.mark.timeout(1800),
+]
+
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child: no PX_* settings leaking in from the outside."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PX_")}
+    """The environment for a child: no PX_* settings or proxies leaking in from the
+    developer's."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PX_") and k.lower() not in _PROXY_VARS
+    }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

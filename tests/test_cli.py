@@ -23,20 +23,10 @@ import requests
 from tracker import Tracker, __version__
 from tracker.testing import FakePX
 
+from ._support import clean_env
+
 SECRET = "sk-SECRET-1234"
 PRODUCT = "AP-CLI-TEST-1"
-_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a CLI run: no PX_* settings or proxies from the developer's."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("PX_") and name.lower() not in _PROXY_VARS
-    }
-    env.update(extra)
-    return env
 
 
 def check_output_is_clean(*texts: str) -> None:
@@ -55,7 +45,7 @@ def run_cli(
     """Run ``python -m tracker ARGS``; every run is checked for a leaked key or traceback."""
     proc = subprocess.run(
         [sys.executable, "-m", "tracker", *args],
-        env=cli_env() if env is None else env,
+        env=clean_env() if env is None else env,
         input=stdin,
         capture_output=True,
         text=True,
@@ -83,7 +73,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def send_env(**extra: str) -> dict[str, str]:
-    return cli_env(**{"PX_API_KEY": SECRET, "PX_PRODUCT_KEY": PRODUCT, **extra})
+    return clean_env(**{"PX_API_KEY": SECRET, "PX_PRODUCT_KEY": PRODUCT, **extra})
 
 
 def identify_ids(px: FakePX) -> list[str]:
@@ -142,7 +132,7 @@ class TestEntryPoints:
         if not script.exists():
             pytest.skip("console script not installed next to this interpreter")
         proc = subprocess.run(
-            [str(script), "--version"], capture_output=True, text=True, env=cli_env(), check=False
+            [str(script), "--version"], capture_output=True, text=True, env=clean_env(), check=False
         )
         assert proc.returncode == 0
         assert __version__ in proc.stdout
@@ -393,7 +383,7 @@ class TestSend:
             "--resume",
             "--api-key-file",
             str(key_file),
-            env=cli_env(PX_PRODUCT_KEY=PRODUCT),
+            env=clean_env(PX_PRODUCT_KEY=PRODUCT),
         )
         assert right.returncode == 0, right.stdout + right.stderr
         assert identify_ids(px) == sorted(f"user-{i}" for i in range(1, 31))
@@ -404,7 +394,7 @@ class TestSend:
         source = write_jsonl(tmp_path / "in.jsonl", [event_line(1), event_line(2)])
         px.respond_next(400, body={"message": f"key {SECRET} may not send this"})
         proc = send(
-            px, source, "--workers", "1", "--api-key", SECRET, env=cli_env(PX_PRODUCT_KEY=PRODUCT)
+            px, source, "--workers", "1", "--api-key", SECRET, env=clean_env(PX_PRODUCT_KEY=PRODUCT)
         )  # run_cli checks stdout and stderr for the key
         assert proc.returncode == 1
         assert "warning" in proc.stderr
@@ -416,7 +406,7 @@ class TestSend:
     def test_local_sends_to_an_in_process_fake_without_a_key(self, tmp_path: Path) -> None:
         source = write_jsonl(tmp_path / "in.jsonl", [event_line(i) for i in range(5)])
         proc = run_cli("send", str(source), "--local", "--rate-limit", "0", "--json",
-                       env=cli_env(PX_PRODUCT_KEY=PRODUCT))  # fmt: skip
+                       env=clean_env(PX_PRODUCT_KEY=PRODUCT))  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert json.loads(proc.stdout)["delivered"] == 5
 
@@ -433,7 +423,7 @@ class TestSend:
         fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
         child = subprocess.Popen(
             [sys.executable, "-m", "tracker", *args],
-            env=cli_env(PX_PRODUCT_KEY=PRODUCT),
+            env=clean_env(PX_PRODUCT_KEY=PRODUCT),
             stdout=subprocess.PIPE,
             stderr=child_end,
             text=True,
@@ -499,7 +489,7 @@ class TestSend:
         if setup:
             write_jsonl(tmp_path / "in.jsonl", [event_line(1)])
         proc = run_cli(
-            "send", *args, env=cli_env(PX_PRODUCT_KEY=PRODUCT, **env_extra), cwd=tmp_path
+            "send", *args, env=clean_env(PX_PRODUCT_KEY=PRODUCT, **env_extra), cwd=tmp_path
         )
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
@@ -520,7 +510,7 @@ class Served:
     def __init__(self, *args: str) -> None:
         self.child = subprocess.Popen(
             [sys.executable, "-m", "tracker", "serve", "--port", "0", *args],
-            env=cli_env(),
+            env=clean_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

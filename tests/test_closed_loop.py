@@ -12,10 +12,8 @@ from tracker import Tracker
 from tracker.testing import FakePX
 
 from ._nginx import Nginx, nginx_fixture  # noqa: F401 (the fixture)
-from .test_reliability import SLOW
+from ._support import API_KEY, PRODUCT_KEY, SLOW
 
-API_KEY = "test-key-closed-loop"
-PRODUCT_KEY = "AP-TEST-1"
 RUNS_SLOW = 10
 
 # Issue 11 is open: on 2 shared cores these goals are met most runs but not every run

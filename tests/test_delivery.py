@@ -10,23 +10,9 @@ import pytest
 from tracker import DeliveryError, Tracker, __version__
 from tracker.testing import FakeClock, FakePX
 
-from ._support import API_KEY, FAST_RETRY, wait_until
+from ._support import API_KEY, FAST_RETRY, Recorder, wait_until
 
 MakeTracker = Callable[..., Tracker]
-
-
-class Failures:
-    """An on_error recorder."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, DeliveryError]] = []
-
-    def __call__(self, event: Any, error: DeliveryError) -> None:
-        self.calls.append((event, error))
-
-    @property
-    def reasons(self) -> list[str]:
-        return [error.reason for _, error in self.calls]
 
 
 class TestRequest:
@@ -135,14 +121,14 @@ class TestAnswers:
     def test_permanent_answers_fail_once_without_retry(
         self, fake_px: FakePX, make_tracker: MakeTracker, status: int, reason: str
     ) -> None:
-        failures = Failures()
+        failures = Recorder()
         fake_px.respond_next(status, headers={"Location": fake_px.url + "/v1/events/custom"})
         tracker = make_tracker(fake_px.url, on_error=failures, **FAST_RETRY)
         event_id = tracker.track("u1", "e")
         assert tracker.flush(10)
         assert len(fake_px.requests) == 1  # not retried, redirects not followed
-        assert failures.reasons == [reason]
-        event, error = failures.calls[0]
+        assert failures.reasons() == [reason]
+        event, error = failures.events[0]
         assert event.event_id == event_id == error.event_id
         assert error.status_code == status
         stats = tracker.stats()
@@ -153,7 +139,7 @@ class TestAnswers:
     def test_px_error_body_becomes_the_error_message(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Failures()
+        failures = Recorder()
         fake_px.respond_next(
             400,
             body={
@@ -168,32 +154,32 @@ class TestAnswers:
         tracker = make_tracker(fake_px.url, on_error=failures)
         tracker.track("u1", "e")
         assert tracker.flush(10)
-        error = failures.calls[0][1]
+        error = failures.errors[0]
         assert error.message == "Validation failed; identifyId must not be null"
         assert "HTTP 400: Validation failed; identifyId must not be null" in str(error)
 
     def test_html_403_is_unauthorized_with_a_readable_message(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Failures()
+        failures = Recorder()
         html = "<html><head><style>p{}</style></head><body><h1>403 Forbidden</h1></body></html>"
         fake_px.respond_next(403, headers={"Content-Type": "text/html"}, body=html)
         tracker = make_tracker(fake_px.url, on_error=failures)
         tracker.track("u1", "e")
         assert tracker.flush(10)
-        error = failures.calls[0][1]
+        error = failures.errors[0]
         assert error.reason == "unauthorized"
         assert error.message == "403 Forbidden"
 
     def test_a_server_echoing_the_key_does_not_leak_it(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Failures()
+        failures = Recorder()
         fake_px.respond_next(401, body=f"Authentication failed for key {API_KEY}")
         tracker = make_tracker(fake_px.url, on_error=failures)
         tracker.track("u1", "e")
         assert tracker.flush(10)
-        error = failures.calls[0][1]
+        error = failures.errors[0]
         assert API_KEY not in str(error)
         assert error.message == "Authentication failed for key ***"
 
@@ -210,15 +196,15 @@ class TestAnswers:
     def test_a_read_timeout_is_retried_then_exhausted(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Failures()
+        failures = Recorder()
         fake_px.latency = 1.0
         tracker = make_tracker(
             fake_px.url, timeout=0.2, max_retries=1, on_error=failures, **FAST_RETRY
         )
         tracker.track("u1", "e")
         assert tracker.flush(10)
-        assert failures.reasons == ["retries_exhausted"]
-        error = failures.calls[0][1]
+        assert failures.reasons() == ["retries_exhausted"]
+        error = failures.errors[0]
         assert error.status_code is None
         assert "Timeout" in (error.message or "")
         assert error.attempts == 2
@@ -228,14 +214,14 @@ class TestRetryBudget:
     def test_max_retries_bounds_the_attempts_and_fails_once(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Failures()
+        failures = Recorder()
         fake_px.fail_rate = 1.0
         tracker = make_tracker(fake_px.url, max_retries=3, on_error=failures, **FAST_RETRY)
         event_id = tracker.track("u1", "e")
         assert tracker.flush(10)
         assert len(fake_px.requests) == 4
-        assert failures.reasons == ["retries_exhausted"]
-        error = failures.calls[0][1]
+        assert failures.reasons() == ["retries_exhausted"]
+        error = failures.errors[0]
         assert (error.event_id, error.status_code, error.attempts) == (event_id, 500, 4)
         assert error.message == "Internal server error"
         stats = tracker.stats()
@@ -255,7 +241,7 @@ class TestRetryBudget:
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
         clock = FakeClock()
-        failures = Failures()
+        failures = Recorder()
         failed_at: list[float] = []
 
         def on_error(event: Any, error: DeliveryError) -> None:
@@ -277,10 +263,10 @@ class TestRetryBudget:
         tracker.track("u1", "e")
         assert wait_until(lambda: len(fake_px.requests) >= 1)
         deadline = time.monotonic() + 20
-        while not failures.calls and time.monotonic() < deadline:
+        while not failures.events and time.monotonic() < deadline:
             clock.advance(0.25)
             time.sleep(0.002)
-        assert failures.reasons == ["retries_exhausted"]
+        assert failures.reasons() == ["retries_exhausted"]
         assert 8 <= failed_at[0] - start <= 10.25  # no attempt planned past 10 s
         assert len(fake_px.requests) >= 5  # it did retry meanwhile
 
@@ -337,13 +323,13 @@ class TestRateLimited:
     def test_a_retry_after_beyond_max_retry_time_fails_the_event(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Failures()
+        failures = Recorder()
         fake_px.respond_next(429, headers={"Retry-After": "30"})
         tracker = make_tracker(fake_px.url, max_retry_time=5, on_error=failures)
         tracker.track("u1", "e")
         assert tracker.flush(10)
-        assert failures.reasons == ["retries_exhausted"]
-        assert failures.calls[0][1].status_code == 429
+        assert failures.reasons() == ["retries_exhausted"]
+        assert failures.errors[0].status_code == 429
 
     def test_a_pause_seen_through_a_fake_clock(
         self, fake_px: FakePX, make_tracker: MakeTracker

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from tracker import Tracker
 
-from ._support import API_KEY, PRODUCT_KEY
+from ._support import API_KEY, PRODUCT_KEY, clean_env
 
 
 @pytest.fixture
@@ -82,7 +81,7 @@ class TestEventId:
             print(json.dumps({{"parent": [first, *parent], "others": others}}))
             """
         )
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("PX_")}
+        environment = clean_env()
         done = subprocess.run(
             [sys.executable, "-c", script],
             capture_output=True,

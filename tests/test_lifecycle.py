@@ -27,6 +27,7 @@ from ._support import (
     API_KEY,
     FAST_RETRY,
     PRODUCT_KEY,
+    InvariantSampler,
     Recorder,
     held_tracker,
     invariant_holds,
@@ -378,34 +379,20 @@ class TestCounters:
         tracker = make_tracker(
             fake_px.url, max_queue_size=200, workers=4, max_retries=2, rate_limit=None, **FAST_RETRY
         )
-        done = threading.Event()
-        broken: list[Any] = []
-        samples = 0
-
-        def sample() -> None:
-            nonlocal samples
-            while not done.is_set():
-                stats = tracker.stats()
-                samples += 1
-                if not invariant_holds(stats):
-                    broken.append(stats)
 
         def produce(n: int) -> None:
             for i in range(300):
                 tracker.track(f"u{n}-{i}", "load")
 
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        producers = [threading.Thread(target=produce, args=(n,)) for n in range(6)]
-        for producer in producers:
-            producer.start()
-        for producer in producers:
-            producer.join(30)
-        assert tracker.flush(30)
-        done.set()
-        sampler.join(10)
-        assert broken == []
-        assert samples > 10
+        with InvariantSampler(tracker, pause=0) as sampler:
+            producers = [threading.Thread(target=produce, args=(n,)) for n in range(6)]
+            for producer in producers:
+                producer.start()
+            for producer in producers:
+                producer.join(30)
+            assert tracker.flush(30)
+        assert sampler.broken == []
+        assert sampler.samples > 10
         stats = tracker.stats()
         assert stats.tracked == 1800
         assert stats.pending == 0
@@ -426,30 +413,7 @@ class TestCounters:
 
 
 class TestLogging:
-    def test_the_api_key_never_reaches_debug_logs_during_faults(
-        self, make_tracker: MakeTracker, caplog: pytest.LogCaptureFixture
-    ) -> None:
-        secret = "sk-CANARY-5d1e"
-        with FakePX(api_key=secret, fail_rate=0.3, drop_rate=0.1, rate_limit=50) as px:
-            px.retry_after = 0.1
-            px.respond_next(401, body=f"bad key {secret}")
-            errors = Recorder()
-            with caplog.at_level(logging.DEBUG):
-                tracker = make_tracker(
-                    px.url, api_key=secret, on_error=errors, rate_limit=None, **FAST_RETRY
-                )
-                for i in range(60):
-                    tracker.track(f"u{i}", "e")
-                assert tracker.flush(30)
-                tracker.shutdown()
-        text = "\n".join(r.getMessage() for r in caplog.records)
-        text += "".join(caplog.text)
-        assert "tracker" in {r.name for r in caplog.records}
-        assert secret not in text
-        for _, error, _ in errors.failures:
-            assert secret not in str(error)
-            assert secret not in repr(error)
-        assert secret not in repr(tracker)
+    """The API key's absence from logs, reprs and errors under faults: test_secrets.py."""
 
     def test_the_library_adds_no_handler_but_a_null_one(self) -> None:
         handlers = logging.getLogger("tracker").handlers

@@ -30,9 +30,8 @@ from hypothesis import strategies as st
 from tracker import CustomEvent, DeliveryError, Tracker, UserType, ValidationError
 from tracker.testing import FakePX
 
-API_KEY = "k-properties"
-PRODUCT_KEY = "AP-PROPERTIES-1"
-FAST_BACKOFF: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05}
+from ._support import API_KEY, PRODUCT_KEY
+
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

@@ -12,7 +12,6 @@ import bisect
 import gc
 import logging
 import random
-import socket
 import threading
 import time
 import tracemalloc
@@ -26,20 +25,14 @@ import pytest
 from tracker import CustomEvent, DeliveryError, Stats, Tracker
 from tracker.testing import CONNECTION_THREAD, FakePX, px_error
 
-API_KEY = "k-reliability"
-PRODUCT_KEY = "AP-RELIABILITY-1"
-FAST_BACKOFF: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05}
-
-# Long variants run with PX_SLOW=1 (or -m slow: tests/conftest.py removes every PX_*
-# variable from the environment before this module is imported).
-SLOW = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        "not (os.environ.get('PX_SLOW') or 'slow' in config.getoption('markexpr'))",
-        reason="long variant: PX_SLOW=1 or -m slow",
-    ),
-    pytest.mark.timeout(1800),
-]
+from ._support import (
+    API_KEY,
+    FAST_RETRY,
+    PRODUCT_KEY,
+    SLOW,
+    InvariantSampler,
+    refused_url,
+)
 
 
 class FaultyPX(FakePX):
@@ -59,42 +52,6 @@ class FaultyPX(FakePX):
             body = px_error(429, "Rate limit exceeded")
             return 429, self._retry_after_header(), body, latency
         return super()._decide(method, path, headers, raw, now)
-
-
-def invariant_holds(s: Stats) -> bool:
-    return s.tracked == s.delivered + s.failed + s.dropped + s.pending and (
-        s.failed == sum(s.failed_by_reason.values())
-        and s.dropped == sum(s.dropped_by_reason.values())
-    )
-
-
-class InvariantSampler:
-    """Samples ``stats()`` from its own thread until stopped; keeps only counts and the
-    first few snapshots that broke the invariant (so it allocates nothing per sample)."""
-
-    def __init__(self, tracker: Tracker, pause: float = 0.001) -> None:
-        self._tracker = tracker
-        self._pause = pause
-        self._stop = threading.Event()
-        self.samples = 0
-        self.broken: list[Stats] = []
-        self._thread = threading.Thread(target=self._run, name="invariant-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            s = self._tracker.stats()
-            self.samples += 1
-            if not invariant_holds(s) and len(self.broken) < 10:
-                self.broken.append(s)
-            time.sleep(self._pause)
-
-    def __enter__(self) -> InvariantSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def retry_after_violations(requests: list[Any], retry_after: float) -> list[tuple[float, float]]:
@@ -266,7 +223,7 @@ def soak(request: pytest.FixtureRequest) -> Iterator[Soak]:
                 base_url=px.url,
                 rate_limit=1000.0,
                 on_error=lambda event, error: errors.append((event.event_id, error.reason)),
-                **FAST_BACKOFF,
+                **FAST_RETRY,
             ) as t:
                 with InvariantSampler(t) as sampler:
                     rounds = [run_round(t, px, "untraced", events // 2, baseline)]
@@ -357,7 +314,7 @@ class TestRetryAfter:
         with FakePX() as px:
             px.respond_next(429, headers={"Retry-After": "1"})
             with Tracker(
-                API_KEY, product_key=PRODUCT_KEY, base_url=px.url, workers=8, **FAST_BACKOFF
+                API_KEY, product_key=PRODUCT_KEY, base_url=px.url, workers=8, **FAST_RETRY
             ) as t:
                 ids = [t.track("u", "burst", attributes={"i": i}) for i in range(40)]
                 assert t.flush(timeout=20)
@@ -374,13 +331,6 @@ class TestRetryAfter:
 
 
 # -- outages ----------------------------------------------------------------------------------
-
-
-def dead_url() -> str:
-    """A loopback URL where nothing listens (connections refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 class TestOutages:
@@ -426,11 +376,11 @@ class TestOutages:
         with Tracker(
             API_KEY,
             product_key=PRODUCT_KEY,
-            base_url=dead_url(),
+            base_url=refused_url(),
             max_retry_time=1.0,
             max_retries=100,  # so that time, not the count, ends the retries
             on_error=lambda event, error: errors.append((event, error)),
-            **FAST_BACKOFF,
+            **FAST_RETRY,
         ) as t:
             ids = [t.track("u", "never_delivered", attributes={"i": i}) for i in range(20)]
             started = time.monotonic()
@@ -557,7 +507,7 @@ class TestConcurrency:
                 max_retries=1,
                 on_success=on_success,
                 on_error=on_error,
-                **FAST_BACKOFF,
+                **FAST_RETRY,
             )
             holder["t"] = t
             try:

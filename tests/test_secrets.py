@@ -17,12 +17,11 @@ from tracker import ConfigError, CustomEvent, DeliveryError, Tracker
 from tracker.testing import API_KEY_HEADER, FakePX, px_error
 
 from ._rawserver import RawServer
-from ._support import Recorder, recorded_tracker
+from ._support import PRODUCT_KEY, Recorder, recorded_tracker
 
 KEY = "sk-LEAK-CANARY-9f3b"
 # Any piece of the key would be a leak, a truncated one included: look for its middle.
 FRAGMENT = "LEAK"
-PRODUCT_KEY = "AP-SECRETS-1"
 
 
 def echo_bodies(key: str) -> list[Any]:

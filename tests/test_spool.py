@@ -15,16 +15,17 @@ from typing import Any
 
 import pytest
 
-from tests._support import wait_until
-from tracker import ConfigError, DeliveryError, Stats, Tracker
+from tracker import ConfigError, DeliveryError, Tracker
 from tracker.testing import FakeClock, FakePX
 
-API_KEY = "k-spool-secret-0001"
-PRODUCT_KEY = "AP-SPOOL-1"
-
-
-def holds(s: Stats) -> bool:
-    return s.tracked + s.recovered == s.delivered + s.failed + s.dropped + s.pending
+from ._support import (
+    API_KEY,
+    FAST_RETRY,
+    PRODUCT_KEY,
+    InvariantSampler,
+    invariant_holds,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ class TestOnDisk:
         self, fake_px: FakePX, spool_dir: Path, make: Any
     ) -> None:
         fake_px.fail_rate = 1.0
-        t = make(fake_px.url, spool_dir, spool_interval=0, **FAST)
+        t = make(fake_px.url, spool_dir, spool_interval=0, **FAST_RETRY)
         for i in range(5):
             t.track(f"u{i}", "e")
             assert rows_on_disk(spool_dir) == i + 1
@@ -109,7 +110,7 @@ class TestOnDisk:
         self, fake_px: FakePX, spool_dir: Path, make: Any
     ) -> None:
         fake_px.fail_rate = 1.0
-        t = make(fake_px.url, spool_dir, **FAST)
+        t = make(fake_px.url, spool_dir, **FAST_RETRY)
         for i in range(50):
             t.track(f"u{i}", "e")
         assert wait_until(lambda: rows_on_disk(spool_dir) == 50, 10)
@@ -128,7 +129,7 @@ class TestOnDisk:
         self, fake_px: FakePX, spool_dir: Path, make: Any
     ) -> None:
         fake_px.fail_rate = 1.0
-        t = make(fake_px.url, spool_dir, spool_interval=0, **FAST)
+        t = make(fake_px.url, spool_dir, spool_interval=0, **FAST_RETRY)
         for i in range(20):
             t.track(f"u{i}", "e", attributes={"n": i})
         for path in spool_dir.iterdir():
@@ -172,12 +173,9 @@ class TestOnDisk:
     ) -> None:
         fake_px.fail_rate = 1.0
         with caplog.at_level(logging.WARNING, logger="tracker"):
-            leave_events(fake_px.url, spool_dir, 7, **FAST)
+            leave_events(fake_px.url, spool_dir, 7, **FAST_RETRY)
         assert "7 event(s) not delivered within 0.0s stay in the spool" in caplog.text
         assert "dropped" not in caplog.text
-
-
-FAST: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05}
 
 
 class TestRecovery:
@@ -185,7 +183,7 @@ class TestRecovery:
         self, fake_px: FakePX, spool_dir: Path, make: Any
     ) -> None:
         fake_px.fail_rate = 1.0
-        ids = leave_events(fake_px.url, spool_dir, 30, **FAST)
+        ids = leave_events(fake_px.url, spool_dir, 30, **FAST_RETRY)
         fake_px.fail_rate = 0.0
         fake_px.clear()
         t = make(fake_px.url, spool_dir, workers=1)
@@ -201,28 +199,15 @@ class TestRecovery:
         self, fake_px: FakePX, spool_dir: Path, make: Any
     ) -> None:
         fake_px.fail_rate = 1.0
-        leave_events(fake_px.url, spool_dir, 300, **FAST)
+        leave_events(fake_px.url, spool_dir, 300, **FAST_RETRY)
         fake_px.fail_rate = 0.0
-        broken: list[Stats] = []
-        stop = threading.Event()
         t = make(fake_px.url, spool_dir, max_queue_size=20)
-
-        def sample() -> None:
-            while not stop.is_set():
-                s = t.stats()
-                if not holds(s):
-                    broken.append(s)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        try:
+        with InvariantSampler(t, pause=0) as sampler:
             for i in range(200):
                 t.track(f"new-{i}", "e")
             assert t.flush(timeout=60)
-        finally:
-            stop.set()
-            sampler.join()
-        assert broken == []
+        assert sampler.samples > 0
+        assert sampler.broken == []
         s = t.stats()
         assert (s.tracked, s.recovered, s.delivered) == (200, 300, 500)
 
@@ -230,7 +215,7 @@ class TestRecovery:
         self, fake_px: FakePX, spool_dir: Path, make: Any, caplog: pytest.LogCaptureFixture
     ) -> None:
         fake_px.fail_rate = 1.0
-        leave_events(fake_px.url, spool_dir, 5, api_key="k-other-key", **FAST)
+        leave_events(fake_px.url, spool_dir, 5, api_key="k-other-key", **FAST_RETRY)
         fake_px.fail_rate = 0.0
         with caplog.at_level(logging.WARNING, logger="tracker"):
             for _ in range(2):
@@ -301,14 +286,14 @@ class TestOutages:
             spool_dir,
             spool_max_bytes=8192,
             on_error=lambda e, err: errors.append(err.reason),
-            **FAST,
+            **FAST_RETRY,
         )
         returned = [t.track(f"u{i}", "e", attributes={"pad": "x" * 200}) for i in range(100)]
         s = t.stats()
         assert s.dropped_by_reason["spool_full"] > 0
         assert s.dropped_by_reason["spool_full"] == returned.count(None) == len(errors)
         assert set(errors) == {"spool_full"}
-        assert holds(s)
+        assert invariant_holds(s)
 
 
 class TestBadDisks:
@@ -332,7 +317,7 @@ class TestBadDisks:
         self, fake_px: FakePX, spool_dir: Path, make: Any, caplog: pytest.LogCaptureFixture
     ) -> None:
         fake_px.fail_rate = 1.0
-        leave_events(fake_px.url, spool_dir, 400, **FAST)
+        leave_events(fake_px.url, spool_dir, 400, **FAST_RETRY)
         fake_px.fail_rate = 0.0
         (path,) = spool_files(spool_dir)
         with open(path, "r+b") as f:
@@ -343,7 +328,7 @@ class TestBadDisks:
             assert t.flush(timeout=10)
         assert sum(1 for r in caplog.records if r.levelno >= logging.ERROR) == 1
         assert Path(str(path) + ".corrupt").exists()
-        assert holds(t.stats())
+        assert invariant_holds(t.stats())
 
     def test_a_read_only_directory_keeps_events_in_memory(
         self, fake_px: FakePX, tmp_path: Path, make: Any, caplog: pytest.LogCaptureFixture
@@ -406,7 +391,7 @@ class TestOptions:
         self, fake_px: FakePX, spool_dir: Path, make: Any
     ) -> None:
         fake_px.fail_rate = 1.0
-        leave_events(fake_px.url, spool_dir, 3, **FAST)
+        leave_events(fake_px.url, spool_dir, 3, **FAST_RETRY)
         fake_px.fail_rate = 0.0
         fake_px.clear()
         t = make(fake_px.url, spool_dir, send=False)

@@ -8,17 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from tests.test_spool import API_KEY, FAST, PRODUCT_KEY, leave_events, rows_on_disk
 from tracker import Tracker
 from tracker.cli import _spool as _spool_commands
 from tracker.cli import main
 from tracker.testing import FakePX
+
+from ._support import API_KEY, FAST_RETRY, PRODUCT_KEY, clean_env, wait_until
+from .test_spool import leave_events, rows_on_disk
 
 ROOT = Path(__file__).parent.parent
 
@@ -36,7 +37,7 @@ class TestStatus:
 
     def test_files_of_gone_and_live_processes(self, fake_px: FakePX, tmp_path: Path) -> None:
         fake_px.fail_rate = 1.0
-        leave_events(fake_px.url, tmp_path, 12, **FAST)
+        leave_events(fake_px.url, tmp_path, 12, **FAST_RETRY)
         live = Tracker(
             API_KEY,
             product_key=PRODUCT_KEY,
@@ -44,7 +45,7 @@ class TestStatus:
             spool=str(tmp_path / "other"),
             spool_interval=0,
             flush_at_exit=False,
-            **FAST,
+            **FAST_RETRY,
         )
         try:
             live.track("live", "e")
@@ -75,7 +76,7 @@ class TestStatus:
 class TestDrain:
     def test_drain_sends_everything_left_and_exits_0(self, fake_px: FakePX, tmp_path: Path) -> None:
         fake_px.fail_rate = 1.0
-        ids = leave_events(fake_px.url, tmp_path, 10, **FAST)
+        ids = leave_events(fake_px.url, tmp_path, 10, **FAST_RETRY)
         fake_px.fail_rate = 0.0
         out = io.StringIO()
         code = _spool_commands.drain(
@@ -88,7 +89,7 @@ class TestDrain:
 
     def test_drain_exits_1_when_events_are_rejected(self, fake_px: FakePX, tmp_path: Path) -> None:
         fake_px.fail_rate = 1.0
-        leave_events(fake_px.url, tmp_path, 3, **FAST)
+        leave_events(fake_px.url, tmp_path, 3, **FAST_RETRY)
         fake_px.fail_rate = 0.0
         fake_px.respond_next(400, times=3)
         code = _spool_commands.drain(
@@ -126,14 +127,11 @@ class TestSendWithSpool:
             )
         )
         spool = tmp_path / "spool"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PX_")}
-        env["PYTHONPATH"] = str(ROOT)
+        env = clean_env(PYTHONPATH=str(ROOT))
         with FakePX(latency=0.005) as px:
             args = [sys.executable, "-c", SEND_CHILD, str(source), str(spool), px.url]
             first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 30
-            while len(px.events) < 200 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: len(px.events) >= 200, timeout=30)
             first.send_signal(signal.SIGKILL)
             first.communicate()
             sent_first = len(px.events)
@@ -181,7 +179,7 @@ class TestCommandLine:
         self, fake_px: FakePX, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         fake_px.fail_rate = 1.0
-        leave_events(fake_px.url, tmp_path, 4, **FAST)
+        leave_events(fake_px.url, tmp_path, 4, **FAST_RETRY)
         assert main(["spool", "status", str(tmp_path), "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert (report["events"], report["files"][0]["owner"]) == (4, "gone")
@@ -194,7 +192,7 @@ class TestCommandLine:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         fake_px.fail_rate = 1.0
-        ids = leave_events(fake_px.url, tmp_path, 6, **FAST)
+        ids = leave_events(fake_px.url, tmp_path, 6, **FAST_RETRY)
         fake_px.fail_rate = 0.0
         key_file = tmp_path / "key"
         key_file.write_text(API_KEY + "\n")

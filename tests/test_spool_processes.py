@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -23,13 +22,14 @@ from typing import Any, Optional
 
 import pytest
 
-from tests.test_reliability import SLOW
 from tracker import Tracker
 from tracker.testing import FakePX, px_error
 
+from ._support import SLOW, clean_env
+
 CHILD = Path(__file__).parent / "apps" / "spool_child.py"
 ROOT = Path(__file__).parent.parent
-API_KEY = "k-spool-child"
+API_KEY = "k-spool-child"  # the key tests/apps/spool_child.py uses
 PRODUCT_KEY = "AP-SPOOL-1"
 
 
@@ -53,8 +53,7 @@ class Child:
     """A spool_child.py process whose stdout lines are collected by a thread."""
 
     def __init__(self, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PX_")}
-        env["PYTHONPATH"] = str(ROOT)
+        env = clean_env(PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
             [sys.executable, str(CHILD), *args],
             stdin=subprocess.PIPE,

@@ -14,6 +14,8 @@ import requests
 
 from tracker.testing import FakePX, RecordedRequest
 
+from ._support import wait_until
+
 EVENT = {"identifyId": "u1", "propertyKey": "AP-1", "userType": "USER", "eventName": "signup"}
 
 
@@ -171,10 +173,7 @@ class TestFaults:
         results: list[int] = []
         client = threading.Thread(target=lambda: results.append(post(fake_px).status_code))
         client.start()
-        deadline = time.monotonic() + 5
-        while fake_px.in_progress != 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert fake_px.in_progress == 1
+        assert wait_until(lambda: fake_px.in_progress == 1, timeout=5)
         assert results == []
         fake_px.release()
         client.join(5)
