@@ -393,6 +393,32 @@ class Buffer:
         self.overflow.closed()
         self._turns.wake_all()
 
+    # -- a uWSGI master's held events (tracker/_hosts.py) ----------------------------------
+
+    def hand_over(self) -> list[CustomEvent]:
+        """Take out every waiting event (none is in flight: no sender ran here), for the
+        worker that sends them. They leave ``tracked`` too: that worker counts them as
+        ``recovered``, so the invariant holds in both processes."""
+        with self._lock:
+            events = self._store.drain()
+            self._jobs.taken += len(events)
+            self.counters.tracked -= len(events)
+            self._store.settled(events)
+            if self._flush_marks:
+                self._settled.notify_all()
+            self.overflow.room_made()
+            return events
+
+    def adopt(self, events: list[CustomEvent]) -> None:
+        """Queue events another process accepted (counted as ``recovered``)."""
+        with self._lock:
+            for event in events:
+                self._store.push(event)
+            self.counters.recovered += len(events)
+            self._jobs.appended += len(events)
+            if self._idle:
+                self._work.notify_all()
+
     # -- reading ---------------------------------------------------------------------------
 
     def stats(self) -> Stats:

@@ -10,7 +10,7 @@ from typing import Callable, Optional, Union
 
 import requests
 
-from tracker import _lifecycle
+from tracker import _hosts, _lifecycle
 from tracker._buffer import Buffer
 from tracker._callbacks import Outcomes, Warnings
 from tracker._clock import Deadline
@@ -70,16 +70,45 @@ class Core:
         buffer.overflow.may_block = self.pool.not_on_worker_thread
         self.started = False
         self.finished = False
+        self.claim: Optional[_hosts.Claim] = None  # events held in a uWSGI master
 
     def start(self) -> None:
-        """Start the first sender (eagerly: Python 3.12+ refuses new threads at exit)."""
+        """Start the first sender (eagerly: Python 3.12+ refuses new threads at exit).
+        Not in a uWSGI master: what it tracks waits for a worker (tracker/_hosts.py), and
+        ``started`` stays False so that every track() there looks again."""
         with self.lock:
             if not self.started and not self.finished and self.background:
+                if _hosts.in_uwsgi_master():
+                    self._hold()
+                    return
+                if self.claim is not None:
+                    # Held while uWSGI loaded the app here; this process is a worker now
+                    # (a server without --master): it sends them unless a sibling did.
+                    claim, self.claim = self.claim, None
+                    if not claim.take():
+                        self.buffer.hand_over()
                 if self.spool is not None:
                     self.spool.open(self.buffer)
                     self.durable = self.spool.admitted
                 self.pool.start()
+                _hosts.warn_if_threads_disabled()
             self.started = True
+
+    def _hold(self) -> None:
+        if self.claim is None:
+            self.claim = _hosts.Claim()
+        elif self.claim.taken:  # a worker took over what was held so far
+            self.buffer.hand_over()
+            self.claim = _hosts.Claim()
+
+    def take_over(self, parent: Core) -> None:
+        """In a uWSGI worker just forked: send what the master held, when this worker is
+        the one that claims it (exactly one does)."""
+        claim = parent.claim
+        if claim is None or parent.started or not claim.take():
+            return
+        self.start()
+        self.buffer.adopt(parent.buffer.hand_over())
 
     def flush(self, deadline: Optional[Deadline]) -> bool:
         mark = self.buffer.mark()
@@ -102,6 +131,9 @@ class Core:
                 return True
             self.finished = True
             self.buffer.close()
+            if self.claim is not None and not self.claim.take():
+                self.buffer.hand_over()  # a uWSGI worker took them: not ours to send
+            self.claim = None
             delivered_all = self.flush(deadline)
             spool = self.spool
             if spool is not None and self.started:

@@ -19,6 +19,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable
 
+from tracker import _hosts
 from tracker._clock import Deadline
 
 if TYPE_CHECKING:
@@ -43,12 +44,19 @@ _lock = threading.Lock()
 _pid = os.getpid()
 _fork_hooks: list[Callable[[], None]] = []
 _exit_hooks: list[Callable[[], None]] = []
+_uwsgi_hooked = False
 
 
 def register(tracker: Rebuildable) -> None:
+    global _uwsgi_hooked
     with _lock:
         _trackers.add(tracker)
     _forget_settled_orphans()
+    if not _uwsgi_hooked and _hosts.uwsgi() is not None:
+        _uwsgi_hooked = True
+        # uWSGI forks from C: rebuild in each worker as soon as it is born, so that the
+        # one that claims what the master held sends it without waiting for a request.
+        _hosts.install_uwsgi_post_fork(check_fork)
 
 
 def add_core(core: Core) -> None:

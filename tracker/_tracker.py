@@ -114,7 +114,9 @@ class Tracker(_lifecycle.Rebuildable, AsyncMixin):
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._holder.core = self._new_core()
+        parent = self._holder.core
+        self._holder.core = core = self._new_core()
+        core.take_over(parent)
 
     def _current(self) -> Core:
         """This process's pipeline, started; rebuilt first after a fork nobody told us of."""
