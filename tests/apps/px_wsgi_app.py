@@ -1,6 +1,7 @@
-"""A WSGI app for tests/test_fork.py, run under ``gunicorn --preload -w 3``.
+"""A WSGI app for tests/test_fork.py (``gunicorn --preload -w 3``) and tests/test_uwsgi.py.
 
-The module is imported once, in gunicorn's master (``--preload``): that is where the
+The module is imported once, in the server's master (gunicorn ``--preload``, uWSGI
+without ``--lazy-apps``): that is where the
 process-wide tracker is configured and where one ``app_boot`` event is tracked, before
 any worker is forked. Every request to ``/track?id=...`` then tracks one
 ``http_request`` event in whichever worker served it; ``/health`` tracks nothing.
@@ -20,10 +21,11 @@ import tracker
 
 tracker.configure(
     api_key=os.environ["PX_TEST_API_KEY"],
-    product_key="AP-GUNICORN-1",
+    product_key=os.environ.get("PX_TEST_PRODUCT_KEY", "AP-GUNICORN-1"),
     base_url=os.environ["PX_TEST_BASE_URL"],
 )
-tracker.track("gunicorn-master", "app_boot", attributes={"pid": os.getpid()})
+boot_id = os.environ.get("PX_TEST_BOOT_ID", "gunicorn-master")
+tracker.track(boot_id, "app_boot", attributes={"pid": os.getpid()})
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
