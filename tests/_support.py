@@ -3,6 +3,7 @@ recorders, the counters' invariant, child processes and their environment."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -232,3 +233,16 @@ def recorded_tracker(url: str, recorder: Recorder, key: str = API_KEY, **options
         flush_at_exit=False,
         **options,
     )
+
+
+def get_json(port: int, path: str, timeout: float = 30) -> dict[str, Any]:
+    """GET ``path`` from a test server on 127.0.0.1; its JSON answer (asserting a 200)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200, (response.status, body)
+        return dict(json.loads(body))
+    finally:
+        conn.close()

@@ -4,7 +4,6 @@ empty and send only their own events, and a real pre-forking web server (gunicor
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import subprocess
@@ -15,13 +14,22 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tracker.testing import FakePX
 
-from ._support import APPS, PRELUDE, arrived_ids, clean_env, free_port, one, run_app, run_code
+from ._support import (
+    APPS,
+    PRELUDE,
+    arrived_ids,
+    clean_env,
+    free_port,
+    get_json,
+    one,
+    run_app,
+    run_code,
+)
 
 
 class TestFork:
@@ -184,18 +192,6 @@ class TestGunicornPreload:
         assert len(boots) == 1, f"app_boot arrived {len(boots)} times: {boots}\n{logs}"
         assert boots[0]["attributes"]["pid"] == proc.pid
         assert len(events) == self.REQUESTS + 1
-
-
-def get_json(port: int, path: str) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        assert response.status == 200, (response.status, body)
-        return dict(json.loads(body))
-    finally:
-        conn.close()
 
 
 def wait_until_serving(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:

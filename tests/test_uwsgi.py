@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests._support import APPS, clean_env, free_port
+from tests._support import APPS, clean_env, free_port, get_json
 from tracker.testing import FakePX
 
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
@@ -76,23 +75,11 @@ def uwsgi(
                 proc.wait()
 
 
-def get(port: int, path: str, timeout: float = 10) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        assert response.status == 200, (response.status, body)
-        return dict(json.loads(body))
-    finally:
-        conn.close()
-
-
 def get_retrying(port: int, path: str, deadline: float) -> dict[str, Any]:
     """GET, retried while the server is not listening yet (or a worker is respawning)."""
     while True:
         try:
-            return get(port, path)
+            return get_json(port, path, timeout=10)
         except (OSError, http.client.HTTPException, AssertionError):
             if time.monotonic() > deadline:
                 raise
