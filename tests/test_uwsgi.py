@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests._support import APPS, clean_env, free_port, get_json
+from tests._support import APPS, clean_env, free_port, get_json, wait_until
 from tracker.testing import FakePX
 
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
@@ -36,6 +36,13 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# uWSGI's own recipe for a graceful SIGTERM: each worker finishes the request it is
+# serving, then leaves (and runs Python's exit hooks). Without it, SIGTERM with
+# --die-on-term (or SIGINT, SIGQUIT) kills workers at once, and uWSGI skips the exit hooks
+# of a worker that is inside a request (plugins/python/python_plugin.c).
+GRACEFUL_SIGTERM = ("--hook-master-start", "unix_signal:15 gracefully_kill_them_all")
 
 
 @contextlib.contextmanager
@@ -114,6 +121,19 @@ def workers_answering(port: int, want: int, timeout: float) -> tuple[set[int], l
     return pids, answered
 
 
+def wait_requests_ended(log_path: Path, request_ids: list[str], timeout: float = 30) -> None:
+    """Wait until uWSGI logged every request in ``request_ids``: it logs a request once it
+    has ended, so no worker is inside one of them any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logged = log_path.read_text(errors="replace")
+        left = [rid for rid in request_ids if f"/track?id={rid} " not in logged]
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"uWSGI never logged {left[:3]}"
+        time.sleep(0.02)
+
+
 def arrived(px: FakePX, name: str) -> Counter[str]:
     return Counter(e["eventId"] for e in px.events if e["eventName"] == name)
 
@@ -146,25 +166,28 @@ class TestMasterTracksAtImport:
         with FakePX() as px:
             for _ in range(launches):
                 px.clear()
+                # Without --lazy-apps the master tracked app_boot once, and one worker sent
+                # it; with --lazy-apps every worker loads the app (and tracks it) itself.
+                boots_expected = 4 if "--lazy-apps" in options else 1
                 with uwsgi(px, log_path, *options) as (proc, port):
                     pids, answered = workers_answering(port, 4, timeout=30)
                     answering.append(len(pids))
+                    want = len(answered) + boots_expected
                     # Before the stop: the master's event was sent by a worker, not at exit.
-                    sent_boot = px.wait_for(len(answered) + 1, timeout=10)
+                    sent_boot = px.wait_for(want, timeout=10)
+                    # A brutal stop skips the exit hooks of a worker inside a request (see
+                    # GRACEFUL_SIGTERM, tested below): stop between requests here.
+                    wait_requests_ended(log_path, answered)
                 # Without a master, uWSGI's first worker exits 30 on SIGTERM.
                 assert proc.returncode in (0, 30), log_path.read_text()[-3000:]
                 assert sent_boot or options == ("--master", "--enable-threads", "--lazy-apps")
-                want = len(answered) + 1
                 assert px.wait_for(want, timeout=10)
                 seen = requests_arrived(px)
                 assert seen == Counter(answered), f"requests arrived {seen} != answered"
                 boots.append(sum(arrived(px, "app_boot").values()))
         logs = log_path.read_text()
         assert answering == [4] * launches, f"workers answering per launch: {answering}"
-        # Without --lazy-apps the master tracked it once, and one worker sent it; with
-        # --lazy-apps every worker loads the app (and tracks it) itself.
-        expected = 4 if "--lazy-apps" in options else 1
-        assert boots == [expected] * launches, f"app_boot arrivals per launch: {boots}"
+        assert boots == [boots_expected] * launches, f"app_boot arrivals per launch: {boots}"
         assert "Traceback" not in logs, logs[-3000:]
         assert "k-uwsgi" not in logs
 
@@ -210,6 +233,7 @@ class TestRecycledWorkers:
                 # 32 more: at 10 per second per worker, most wait in the workers' queues.
                 more = track_concurrently(port, 32, time.monotonic() + 30)
                 answered += [a["id"] for a in more]
+                wait_requests_ended(log_path, answered)
                 stop_at = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
@@ -220,3 +244,35 @@ class TestRecycledWorkers:
         assert after_stop > 0, "nothing was left for the exit flush: the test proves nothing"
         assert requests_arrived(px) == Counter(answered), logs[-3000:]
         assert sum(arrived(px, "app_boot").values()) == 1
+
+    def test_a_graceful_sigterm_sends_what_requests_in_flight_tracked(self, tmp_path: Path) -> None:
+        """With uWSGI's graceful SIGTERM (the README's advice), a worker finishes the request
+        it is serving and runs its exit flush: SIGTERM arrives while requests are being
+        served, and every event of every answered request arrives."""
+        log_path = tmp_path / "uwsgi.log"
+        with FakePX(latency=0.05) as px:
+            with uwsgi(px, log_path, "--master", *GRACEFUL_SIGTERM, PX_WORKERS="1") as (
+                proc,
+                port,
+            ):
+                pids, answered = workers_answering(port, 4, timeout=30)
+                assert len(pids) == 4
+                with ThreadPoolExecutor(1) as pool:
+                    load = pool.submit(track_concurrently, port, 64, time.monotonic() + 5)
+                    assert wait_until(lambda: logged_count(log_path) >= len(answered) + 8)
+                    stop_at = time.monotonic()
+                    proc.send_signal(signal.SIGTERM)
+                    more = load.result()
+                    proc.wait(timeout=60)
+                answered += [a["id"] for a in more]
+            logs = log_path.read_text()
+            time.sleep(0.3)
+            after_stop = sum(r.arrived_at > stop_at for r in px.requests)
+        assert proc.returncode == 0, logs[-3000:]
+        assert "graceful shutdown" in logs, logs[-3000:]
+        assert after_stop > 0, "nothing was left for the exit flush: the test proves nothing"
+        assert requests_arrived(px) == Counter(answered), logs[-3000:]
+
+
+def logged_count(log_path: Path) -> int:
+    return log_path.read_text(errors="replace").count("GET /track?id=")
