@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -45,6 +44,10 @@ _pid = os.getpid()
 _fork_hooks: list[Callable[[], None]] = []
 _exit_hooks: list[Callable[[], None]] = []
 _uwsgi_hooked = False
+# When this process's exit flush began, (pid, monotonic): it may be called more than once
+# (a multiprocessing child runs its finalizers, then atexit when it was spawned), and
+# every call counts from the first.
+_exit_began = (0, 0.0)
 
 
 def register(tracker: Rebuildable) -> None:
@@ -52,6 +55,7 @@ def register(tracker: Rebuildable) -> None:
     with _lock:
         _trackers.add(tracker)
     _forget_settled_orphans()
+    _hosts.hook_child_exits(shutdown_all_at_exit)
     if not _uwsgi_hooked and _hosts.uwsgi() is not None:
         _uwsgi_hooked = True
         # uWSGI forks from C: rebuild in each worker as soon as it is born, so that the
@@ -96,7 +100,8 @@ def on_exit(hook: Callable[[], None]) -> None:
 
 def shutdown_all_at_exit() -> None:
     """Finish every live pipeline that flushes at exit, against one real-time deadline
-    per tracker, all counted from now; then run the exit hooks."""
+    per tracker, all counted from the process's first call (atexit, or the exit hook of
+    a child that leaves through ``os._exit``); then run the exit hooks."""
     try:
         _finish_all()
     finally:
@@ -108,13 +113,16 @@ def shutdown_all_at_exit() -> None:
 
 
 def _finish_all() -> None:
+    global _exit_began
     check_fork()
+    if _exit_began[0] != os.getpid():
+        _exit_began = (os.getpid(), time.monotonic())
+    start = _exit_began[1]
     with _lock:
         alive = set(_cores) | set(_orphans)
         cores = [core for core in alive if core.config.flush_at_exit and not core.finished]
     if not cores:
         return
-    start = time.monotonic()
     for core in cores:
         core.close()  # nothing new while the others flush
     for core in cores:
@@ -147,24 +155,9 @@ def _after_fork_in_child() -> None:
         hook()
     for tracker in list(_trackers):
         tracker._after_fork()  # senders start on the child's first use
-    # multiprocessing's children leave through os._exit(), which skips atexit: have its
-    # own exit hook (a Finalize, registered once the child has cleared inherited ones)
-    # flush us too.
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.register_after_fork(_MP_TOKEN, _register_mp_exit_flush)
-
-
-class _Token:
-    """A weak-referenceable key for multiprocessing's after-fork registry."""
-
-
-_MP_TOKEN = _Token()
-
-
-def _register_mp_exit_flush(_: object) -> None:
-    mp_util = sys.modules["multiprocessing.util"]
-    mp_util.Finalize(None, shutdown_all_at_exit, exitpriority=100)
+    # multiprocessing's, billiard's and Celery's children leave through os._exit(),
+    # which skips atexit: have their own exit hooks flush us too.
+    _hosts.hook_child_exits(shutdown_all_at_exit)
 
 
 atexit.register(shutdown_all_at_exit)
