@@ -1,7 +1,8 @@
 """The spool across processes: kill -9 at random moments, a live sibling, a full disk, RSS.
 
-Children (tests/apps/spool_child.py) print a line after each ``track()`` returned; what
-FakePX received is the ground truth. A sibling that must stay alive without sending is
+Children (tests/apps/spool_child.py) print a line after each ``track()`` returned and one
+per delivery, and name themselves in their requests' User-Agent; what FakePX received is
+the ground truth. A sibling that must stay alive without sending is
 SIGSTOPped: it holds its lock and its events, and FakePX accepts its events from then on,
 so any of them arriving would have been sent by another process.
 """
@@ -149,12 +150,35 @@ def received(px: FakePX) -> Counter[str]:
     return Counter(e["eventId"] for e in px.events)
 
 
-def first_arrivals(px: FakePX) -> dict[str, float]:
-    first: dict[str, float] = {}
+def senders(px: FakePX) -> dict[str, list[str]]:
+    """For each eventId PX accepted, the pid of each process that sent it an accepted
+    request ("" for the test's own trackers): spool_child.py tags its User-Agent."""
+    found: dict[str, list[str]] = {}
     for r in px.requests:
         if r.status is not None and 200 <= r.status < 300 and isinstance(r.body, dict):
-            first.setdefault(r.body["eventId"], r.arrived_at)
-    return first
+            _, tag, pid = r.headers.get("User-Agent", "").rpartition(" spool-child/")
+            found.setdefault(r.body["eventId"], []).append(pid if tag else "")
+    return found
+
+
+def committed_deletions(lines: list[str]) -> set[str]:
+    """The events whose deletion a spool_child.py "track" process (spool_interval=0)
+    committed before it printed its last line. Its "D" line is written after the event's
+    deletion was queued; with spool_interval=0 a track() returns once everything queued
+    before it is committed. So a "D" line followed by two "T" lines (the track() of the
+    second began after the "D" line was written) was committed: no clock involved."""
+    seen_after: dict[str, int] = {}
+    committed: set[str] = set()
+    for line in lines:
+        if line.startswith("D "):
+            seen_after[line.split()[1]] = 0
+        elif line.startswith("T "):
+            for event_id in list(seen_after):
+                seen_after[event_id] += 1
+                if seen_after[event_id] == 2:
+                    committed.add(event_id)
+                    del seen_after[event_id]
+    return committed
 
 
 def start_stopped_sibling(px: GatedPX, directory: Path, count: int) -> Child:
@@ -176,7 +200,8 @@ def kill_loop(rounds: int, interval: float, tmp_path: Path) -> None:
         sibling = start_stopped_sibling(px, directory, 20)
         try:
             returned: list[tuple[str, float]] = []
-            kills: list[float] = []
+            killed: dict[str, int] = {}  # pid -> round
+            committed: list[set[str]] = []  # per round
             for n in range(rounds):
                 # ~1000 events a second at most, killed within the first ~400.
                 child = Child(
@@ -188,7 +213,8 @@ def kill_loop(rounds: int, interval: float, tmp_path: Path) -> None:
                 child.wait_line(lambda line: line.startswith("T "))
                 time.sleep(rng.uniform(0.05, 0.4) if interval == 0 else rng.uniform(0.5, 1.0))
                 kill_at = child.kill()
-                kills.append(kill_at)
+                killed[str(child.proc.pid)] = n
+                committed.append(committed_deletions(child.lines))
                 tracked = child.tracked()
                 assert tracked, child.stderr
                 returned.extend((event_id, at - kill_at) for event_id, at in tracked)
@@ -211,12 +237,18 @@ def kill_loop(rounds: int, interval: float, tmp_path: Path) -> None:
                     if event_id not in got and age < -slack
                 ]
                 assert lost_early == []
-            first = first_arrivals(px)
-            for event_id, count in got.items():
-                if count > 1:
-                    # A duplicate was delivered, but its deletion not yet committed, when
-                    # its process was killed: first arrival shortly before some kill.
-                    assert any(0 <= k - first[event_id] < 3.0 for k in kills), event_id
+            # Duplicates only come from kills: no process had an event accepted twice,
+            # and every process but the last one to send it was a killed child, killed
+            # before the event's deletion committed (with spool_interval=0 its output
+            # tells, without a clock; with an interval, when it commits is a matter of
+            # time). Who sent each request is in its User-Agent, not in when it came.
+            for event_id, pids in senders(px).items():
+                if len(pids) > 1:
+                    assert len(set(pids)) == len(pids), (event_id, pids)
+                    assert all(pid in killed for pid in pids if pid), (event_id, pids)
+                    if interval == 0:  # (the drain, "", sends after every child)
+                        for n in sorted(killed.get(pid, rounds) for pid in pids)[:-1]:
+                            assert event_id not in committed[n], (event_id, n, pids)
             assert sum(c - 1 for c in got.values()) <= rounds * 50
         finally:
             sibling.proc.send_signal(signal.SIGKILL)

@@ -2,8 +2,10 @@
 
     python spool_child.py track DIR URL PREFIX N INTERVAL PACE
         track N events (identifyId PREFIX-i) with spool=DIR, printing one line
-        "T <eventId> <monotonic time>" after each track() returned; then "done", then wait
-        for a line on stdin ("flush": flush and print the stats; EOF: exit at once)
+        "T <eventId> <monotonic time>" after each track() returned and one line
+        "D <eventId>" from on_success (after PX's 2xx settled it); then "done", then wait
+        for a line on stdin ("flush": flush and print the stats; EOF: exit at once).
+        Its requests' User-Agent ends in "spool-child/<pid>": who sent what.
     python spool_child.py fsize DIR URL N LIMIT QUEUE
         the same under RLIMIT_FSIZE=LIMIT bytes with max_queue_size=QUEUE; waits for
         "flush" on stdin, prints stats
@@ -23,10 +25,11 @@ import logging
 import os
 import resource
 import sys
+import threading
 import time
 from typing import Any
 
-from tracker import Tracker
+from tracker import CustomEvent, Tracker, _transport
 
 API_KEY = "k-spool-child"
 PRODUCT_KEY = "AP-SPOOL-1"
@@ -47,6 +50,33 @@ def stats_line(t: Any) -> str:
             "dropped_by_reason": {k: v for k, v in s.dropped_by_reason.items() if v},
         }
     )
+
+
+class Lines:
+    """Whole lines to stdout from any thread, in the order they were written."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def delivered(self, event: CustomEvent) -> None:
+        self.write(f"D {event.event_id}")
+
+
+def tag_requests() -> None:
+    """Every tracker built from now on sends with "spool-child/<pid>" in its User-Agent
+    (FakePX records the headers): the test tells which process sent each request."""
+
+    def factory(config: Any, user_agent: str, pool_size: int) -> _transport.Transport:
+        return _transport.RequestsTransport(
+            config, f"{user_agent} spool-child/{os.getpid()}", pool_size
+        )
+
+    _transport.set_factory(factory)
 
 
 def rss_bytes() -> int:
@@ -124,6 +154,8 @@ def main(argv: list[str]) -> int:
     else:  # fsize
         prefix, count, interval, pace = "f", int(argv[3]), 0.05, 0.0
     queue = int(argv[5]) if mode == "fsize" else 10_000
+    lines = Lines()
+    tag_requests()
     t = Tracker(
         API_KEY,
         max_queue_size=queue,
@@ -136,21 +168,18 @@ def main(argv: list[str]) -> int:
         workers=4,
         backoff_base=0.01,
         backoff_max=0.05,
+        on_success=lines.delivered,
     )
-    out.write(stats_line(t) + "\n")
-    out.flush()
+    lines.write(stats_line(t))
     for i in range(count):
         event_id = t.track(f"{prefix}-{i}", "e")
-        out.write(f"T {event_id} {time.monotonic()!r}\n")
-        out.flush()
+        lines.write(f"T {event_id} {time.monotonic()!r}")
         if pace:
             time.sleep(pace)
-    out.write("done\n")
-    out.flush()
+    lines.write("done")
     if sys.stdin.readline().strip() == "flush":
         t.flush(timeout=60)
-        out.write(stats_line(t) + "\n")
-        out.flush()
+        lines.write(stats_line(t))
     t.shutdown(timeout=5)
     return 0
 
