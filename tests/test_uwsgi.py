@@ -69,6 +69,7 @@ def uwsgi(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,
+            start_new_session=True,  # its own process group: no worker outlives the test
         )
     try:
         yield proc, port
@@ -80,6 +81,25 @@ def uwsgi(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        # Without --master the other workers are not the first one's children: SIGTERM
+        # to it leaves them running (uWSGI expects the whole group to be signalled).
+        stop_group(proc.pid)
+
+
+def stop_group(pgid: int) -> None:
+    """SIGTERM what is left of a process group, then SIGKILL it after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 def get_retrying(port: int, path: str, deadline: float) -> dict[str, Any]:
