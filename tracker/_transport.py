@@ -9,7 +9,6 @@ import logging
 import re
 import socket
 import ssl
-import threading
 import time
 from typing import Any, Callable, Optional, Protocol
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from tracker import _green
 from tracker._config import Config, is_loopback
 from tracker._event import CustomEvent
 from tracker._retry import Kind, classify, parse_retry_after
@@ -147,7 +147,8 @@ def _is_certificate_error(exc: BaseException) -> bool:
 # -- connections that bound the whole answer, skip interim answers, and keep server bytes
 #    out of urllib3's log --------------------------------------------------------------------
 
-_request = threading.local()  # .deadline: time.monotonic() by which the answer must be in
+# .deadline: time.monotonic() by which the answer must be in (per green thread, too)
+_request = _green.ThreadLocal()
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -177,7 +178,7 @@ class _DeadlineReader(io.RawIOBase):
 class _Response(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        deadline: Optional[float] = getattr(_request, "deadline", None)
+        deadline: Optional[float] = getattr(_request.get(), "deadline", None)
         if deadline is not None:
             self.fp.close()
             self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
@@ -293,7 +294,8 @@ class RequestsTransport:
         request.headers["Content-Length"] = str(len(body))
         secret = self._secret
         # The whole request, connect to last byte, ends within the timeout.
-        _request.deadline = time.monotonic() + self._timeout
+        local = _request.get()
+        local.deadline = time.monotonic() + self._timeout
         try:
             with self._session.send(request, **self._options) as response:
                 status = response.status_code
@@ -320,7 +322,7 @@ class RequestsTransport:
             # bodies: the outcome is unknown or nothing was sent, so it may be retried.
             return Result(Kind.RETRY, None, describe(exc, secret))
         finally:
-            _request.deadline = None
+            local.deadline = None
         return interpret(status, retry_after, answer, secret, self._clock.time())
 
     def _without_body(self, status: int, retry_after: Optional[str], exc: BaseException) -> Result:

@@ -9,6 +9,7 @@ import threading
 import traceback
 from typing import Callable, Optional
 
+from tracker import _green
 from tracker._buffer import Buffer
 from tracker._callbacks import Outcomes, mark_sender_thread
 from tracker._clock import Deadline
@@ -155,7 +156,7 @@ class Sender:
             self.run(job)
 
 
-_pool_local = threading.local()
+_pool_local = _green.ThreadLocal()  # .pool: the WorkerPool whose sender thread this is
 
 
 class WorkerPool:
@@ -203,7 +204,7 @@ class WorkerPool:
 
     def _run(self) -> None:
         mark_sender_thread()
-        _pool_local.pool = self
+        _pool_local.get().pool = self
         take, run = self._buffer.take, self._sender.run
         job: Optional[Job] = None
         while True:
@@ -223,10 +224,10 @@ class WorkerPool:
             return sum(1 for thread in self._threads if thread.is_alive())
 
     def owns_current_thread(self) -> bool:
-        return getattr(_pool_local, "pool", None) is self
+        return getattr(_pool_local.get(), "pool", None) is self
 
     def not_on_worker_thread(self) -> bool:
-        return getattr(_pool_local, "pool", None) is not self
+        return getattr(_pool_local.get(), "pool", None) is not self
 
     def join(self, deadline: Deadline) -> bool:
         """Wait until ``deadline`` (real time) for the threads to end; True when all have.
