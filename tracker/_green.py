@@ -3,7 +3,7 @@ library after it was imported.
 
 Patched first, everything the tracker makes is green: its sender threads are greenlets,
 its locks and conditions yield to the hub, requests runs over cooperative sockets. A
-server that loads the app before its workers patch leaves something behind, though
+server that loads the app before its workers patch leaves two things behind, though
 (``gunicorn -k gevent --preload`` imports the app, so the tracker, requests and ssl, in
 the master; each worker patches after the fork):
 
@@ -12,6 +12,11 @@ the master; each worker patches after the fork):
   once one sender had run: ``flush()`` and the exit flush would send on the caller's
   greenlet instead of waiting with a deadline. ``ThreadLocal`` makes a new one once
   ``threading.local`` was replaced, so per-thread state stays per green thread.
+- urllib3 imported ``SSLContext`` from ``ssl`` by name: its contexts are of the original
+  class while the ``ssl`` module is patched, and setting up one raises ``RecursionError``
+  (gevent's MonkeyPatchWarning says as much), so every HTTPS request failed.
+  ``ssl_context()`` builds urllib3 a context of the patched class instead, set up as
+  urllib3 sets up its own.
 
 Locks made before patching stay native; that is harmless here, since no code of ours
 switches greenlets while holding one (no I/O under a lock, and a Condition's wait
@@ -20,7 +25,11 @@ releases its lock before it parks on a green waiter).
 
 from __future__ import annotations
 
+import ssl
 import threading
+from typing import Optional
+
+from urllib3.util import ssl_ as urllib3_ssl
 
 
 class ThreadLocal:
@@ -40,3 +49,23 @@ class ThreadLocal:
             self._kind = kind
             self._local = kind()
         return self._local
+
+
+def ssl_context() -> Optional[ssl.SSLContext]:
+    """A context for urllib3 when ``ssl`` was patched after urllib3 imported it (None
+    otherwise: urllib3 makes its own): the patched class, with urllib3's defaults (TLS
+    1.2 or later, no compression or session tickets, post-handshake authentication,
+    certificates and host names verified; urllib3 loads the CA bundle into it)."""
+    current = ssl.SSLContext
+    imported = getattr(urllib3_ssl, "SSLContext", None)
+    if not isinstance(imported, type) or current is imported:
+        return None
+    if not issubclass(current, imported):  # not a patch of it (pyOpenSSL's, say)
+        return None
+    context = current(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET
+    if getattr(context, "post_handshake_auth", None) is not None:
+        context.post_handshake_auth = True
+    context.hostname_checks_common_name = False
+    return context

@@ -230,17 +230,37 @@ class _TLSPool(HTTPSConnectionPool):
 
 
 class _Adapter(HTTPAdapter):
-    """requests' adapter, with our connection classes in every pool it makes."""
+    """requests' adapter, with our connection classes in every pool it makes, and the
+    TLS context of ``use_ssl_context`` when there is one."""
+
+    ssl_context: Optional[ssl.SSLContext] = None
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self._fit(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if proxy.lower().startswith(("http://", "https://")):
             manager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self._fit(manager)
         return manager
+
+    def use_ssl_context(self, context: Optional[ssl.SSLContext]) -> None:
+        """Open every later connection with ``context`` (None: urllib3's own)."""
+        if context is None and self.ssl_context is None:
+            return
+        self.ssl_context = context
+        for manager in (self.poolmanager, *self.proxy_manager.values()):
+            self._fit(manager)
+            manager.clear()  # pools keep the context they were made with
+
+    def _fit(self, manager: Any) -> None:
+        if self.ssl_context is None:
+            manager.connection_pool_kw.pop("ssl_context", None)
+        else:
+            manager.connection_pool_kw["ssl_context"] = self.ssl_context
 
 
 class RequestsTransport:
@@ -262,6 +282,8 @@ class RequestsTransport:
         )
         # Retries are ours (with backoff and pacing), never urllib3's hidden ones.
         adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._adapter = adapter
+        self._ssl_class: Optional[type] = None  # ssl.SSLContext as of the last send
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         # What requests would look up in the environment on every request (proxies and
@@ -288,6 +310,9 @@ class RequestsTransport:
         self._session = session
 
     def send(self, event: CustomEvent) -> Result:
+        if ssl.SSLContext is not self._ssl_class:  # first send, or ssl patched since
+            self._ssl_class = ssl.SSLContext
+            self._adapter.use_ssl_context(_green.ssl_context())
         body = encode(event)
         request = self._template.copy()
         request.body = body
