@@ -1,0 +1,181 @@
+"""A monkey-patched process for tests/test_green.py (gevent or eventlet).
+
+    python green_child.py LIB ORDER run SLOW_URL HUNG_URL N
+    python green_child.py LIB ORDER tls URL CA_FILE N
+
+LIB is ``gevent`` (``monkey.patch_all()``) or ``eventlet`` (``eventlet.monkey_patch()``).
+ORDER ``before`` patches first thing, as both libraries ask; ``after`` imports the tracker
+(and with it requests, urllib3 and ssl) first and patches then, as a server does that
+loads the app before its workers patch (``gunicorn -k gevent --preload``).
+
+A ticking greenlet sleeps 10 ms at a time and records the longest gap between two ticks
+in each phase: a gap far past 10 ms means something blocked the hub.
+
+``run``: N events to a slow PX, ``flush()``; then N to a PX that hangs: ``flush(1)``,
+``shutdown(1)``, and N more left to the exit flush (``exit_timeout=1``, ``timeout=30``).
+``tls``: N events over HTTPS to a server of a private CA, ``flush()``.
+
+Every line on stdout is one JSON object with a "kind". The last, "after_exit", is written
+by an atexit hook registered before ``tracker`` is imported: atexit runs hooks last in,
+first out, so it runs after the tracker's exit flush and reports how long that took.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+LIB, ORDER = sys.argv[1], sys.argv[2]
+
+
+def patch() -> None:
+    if LIB == "gevent":
+        from gevent import monkey  # noqa: PLC0415  (only the library asked for)
+
+        monkey.patch_all()
+    else:
+        import eventlet  # noqa: PLC0415
+
+        eventlet.monkey_patch()
+
+
+if ORDER == "before":
+    patch()
+
+
+def emit(kind: str, **fields: Any) -> None:
+    fields.update(kind=kind, pid=os.getpid())
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+_state: dict[str, Any] = {"exit_tracker": None, "main_ended": None}
+
+
+class Ticker:
+    """A greenlet that ticks every 10 ms; ``phase()`` starts a new measurement."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.ticks = 0
+        self._last = time.monotonic()
+
+    def phase(self) -> dict[str, Any]:
+        """The longest gap and the number of ticks since the last call."""
+        report = {"longest_gap": max(self.longest, time.monotonic() - self._last)}
+        report["ticks"] = self.ticks
+        self.longest, self.ticks = 0.0, 0
+        return report
+
+    def run(self) -> None:
+        self._last = time.monotonic()
+        while True:
+            time.sleep(0.01)  # patched: yields to the hub
+            now = time.monotonic()
+            self.longest = max(self.longest, now - self._last)
+            self.ticks += 1
+            self._last = now
+
+
+ticker = Ticker()
+
+
+def _after_exit() -> None:
+    t = _state["exit_tracker"]
+    if t is None:
+        return
+    s = t.stats()
+    emit(
+        "after_exit",
+        exit_flush_seconds=time.monotonic() - _state["main_ended"],
+        pending=s.pending,
+        dropped=nonzero(s.dropped_by_reason),
+        **ticker.phase(),
+    )
+
+
+atexit.register(_after_exit)
+
+import tracker  # noqa: E402  (after the patch, or before it: that is the point)
+
+if ORDER == "after":
+    patch()
+
+
+def spawn(function: Callable[[], None]) -> None:
+    if LIB == "gevent":
+        import gevent  # noqa: PLC0415
+
+        gevent.spawn(function)
+    else:
+        import eventlet  # noqa: PLC0415
+
+        eventlet.spawn(function)
+
+
+def nonzero(counts: Any) -> dict[str, int]:
+    return {reason: n for reason, n in counts.items() if n}
+
+
+def make(url: str, **options: Any) -> tracker.Tracker:
+    return tracker.Tracker("k-green", product_key="AP-GREEN-1", base_url=url, **options)
+
+
+def timed(call: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``call`` with the ticker measuring; its result, seconds and the longest gap."""
+    ticker.phase()
+    started = time.monotonic()
+    result = call()
+    return {"result": result, "seconds": time.monotonic() - started, **ticker.phase()}
+
+
+def run(slow_url: str, hung_url: str, n: int) -> None:
+    spawn(ticker.run)
+    time.sleep(0.05)  # the ticker runs
+
+    slow = make(slow_url, workers=4)
+    ids = [slow.track(f"user-{i}", "green_event", attributes={"i": i}) for i in range(n)]
+    flushed = timed(lambda: slow.flush(30))
+    s = slow.stats()
+    emit("slow", ids=ids, flush=flushed, delivered=s.delivered, pending=s.pending)
+    slow.shutdown()
+
+    hung = make(hung_url, workers=2, timeout=30, flush_at_exit=False)
+    for i in range(n):
+        hung.track(f"user-{i}", "stuck")
+    flush = timed(lambda: hung.flush(1.0))
+    shutdown = timed(lambda: hung.shutdown(1.0))
+    s = hung.stats()
+    emit(
+        "hung",
+        flush=flush,
+        shutdown=shutdown,
+        pending=s.pending,
+        dropped=nonzero(s.dropped_by_reason),
+    )
+
+    _state["exit_tracker"] = left = make(hung_url, workers=2, timeout=30, exit_timeout=1.0)
+    for i in range(n):
+        left.track(f"user-{i}", "left_for_exit")
+    emit("main_end", pending=left.stats().pending)
+    ticker.phase()
+    _state["main_ended"] = time.monotonic()
+
+
+def tls(url: str, ca_file: str, n: int) -> None:
+    spawn(ticker.run)
+    time.sleep(0.05)  # the ticker runs
+    t = make(url, ca_bundle=ca_file, max_retries=0, flush_at_exit=False)
+    ids = [t.track(f"user-{i}", "over_tls") for i in range(n)]
+    flushed = timed(lambda: t.flush(30))
+    s = t.stats()
+    emit("tls", ids=ids, flush=flushed, delivered=s.delivered, errors=repr(s.last_errors))
+
+
+if __name__ == "__main__":
+    mode, url, other, count = sys.argv[3:7]
+    {"run": run, "tls": tls}[mode](url, other, int(count))
