@@ -74,11 +74,19 @@ def default_tracker() -> Tracker:
     """The process-wide tracker, built from the environment on first use."""
     global _default
     current = _default
-    if current is None:
-        with _lock:
-            if _default is None:
-                _default = Tracker()
-            current = _default
+    if current is not None:
+        return current
+    # Built outside the lock: starting its thread may switch greenlets, and one that
+    # switches away holding a lock made before gevent patched (a native one, as after a
+    # fork in gunicorn's gevent worker) blocks the hub for good. When two callers race
+    # here, the tracker built second is let go.
+    new = Tracker()
+    with _lock:
+        if _default is None:
+            _default = new
+            return new
+        current = _default
+    new.shutdown(timeout=0)
     return current
 
 

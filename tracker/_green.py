@@ -18,9 +18,11 @@ the master; each worker patches after the fork):
   ``ssl_context()`` builds urllib3 a context of the patched class instead, set up as
   urllib3 sets up its own.
 
-Locks made before patching stay native; that is harmless here, since no code of ours
-switches greenlets while holding one (no I/O under a lock, and a Condition's wait
-releases its lock before it parks on a green waiter).
+Locks made before patching stay native, and a native lock held by a greenlet that
+switches away blocks the hub for good once another greenlet wants it. So a forked child
+builds its pipeline on first use, after the host patched (gunicorn's gevent worker
+patches after the fork), and the few locks remade at the fork itself are never held
+across anything that may switch greenlets: I/O, starting a thread, ``is_alive()``.
 """
 
 from __future__ import annotations

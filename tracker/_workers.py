@@ -197,10 +197,18 @@ class WorkerPool:
                 exc,
             )
             return False
+        dead = {t for t in self._snapshot() if not t.is_alive()}
         with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads = [t for t in self._threads if t not in dead]
             self._threads.append(thread)
         return True
+
+    def _snapshot(self) -> list[threading.Thread]:
+        # Threads are asked is_alive() outside the lock: under gevent that takes a lock of
+        # the thread's and may switch greenlets, and a greenlet switching away while it
+        # holds a lock made before patching (a native one) blocks the hub for good.
+        with self._lock:
+            return list(self._threads)
 
     def _run(self) -> None:
         mark_sender_thread()
@@ -216,12 +224,10 @@ class WorkerPool:
             run(job)
 
     def alive(self) -> bool:
-        with self._lock:
-            return any(thread.is_alive() for thread in self._threads)
+        return any(thread.is_alive() for thread in self._snapshot())
 
     def count(self) -> int:
-        with self._lock:
-            return sum(1 for thread in self._threads if thread.is_alive())
+        return sum(1 for thread in self._snapshot() if thread.is_alive())
 
     def owns_current_thread(self) -> bool:
         return getattr(_pool_local.get(), "pool", None) is self
@@ -233,8 +239,7 @@ class WorkerPool:
         """Wait until ``deadline`` (real time) for the threads to end; True when all have.
         A thread stuck in a request is left to die with the process."""
         current = threading.current_thread()
-        with self._lock:
-            threads = [t for t in self._threads if t is not current]
+        threads = [t for t in self._snapshot() if t is not current]
         for thread in threads:
             thread.join(deadline.left())
         return not any(t.is_alive() for t in threads)
