@@ -5,8 +5,10 @@
 
 LIB is ``gevent`` (``monkey.patch_all()``) or ``eventlet`` (``eventlet.monkey_patch()``).
 ORDER ``before`` patches first thing, as both libraries ask; ``after`` imports the tracker
-(and with it requests, urllib3 and ssl) first and patches then, as a server does that
-loads the app before its workers patch (``gunicorn -k gevent --preload``).
+(and with it requests, urllib3 and ssl) first and patches then; ``preload`` also builds
+the trackers and sends an event unpatched, then forks, and the child patches and runs on,
+as ``gunicorn -k gevent --preload`` does (the master loads the app, each worker patches
+after the fork).
 
 A ticking greenlet sleeps 10 ms at a time and records the longest gap between two ticks
 in each phase, less the time the OS did not run the process: a gap far past 10 ms means
@@ -157,11 +159,37 @@ def timed(call: Callable[[], Any]) -> dict[str, Any]:
     return {"result": result, "seconds": time.monotonic() - started, **ticker.phase()}
 
 
+def build(slow_url: str, hung_url: str) -> dict[str, tracker.Tracker]:
+    """Every tracker ``run`` uses, built before it runs anything."""
+    return {
+        "slow": make(slow_url, workers=4),
+        "full": make(slow_url, workers=1, max_queue_size=2, overflow="block", block_timeout=10),
+        "hung": make(hung_url, workers=2, timeout=30, flush_at_exit=False),
+        "left": make(hung_url, workers=2, timeout=30, exit_timeout=DEADLINE),
+    }
+
+
+def preload(trackers: dict[str, tracker.Tracker]) -> None:
+    """What ``gunicorn -k gevent --preload`` does: this (unpatched) process has built the
+    trackers; it tracks and sends one event, forks, and waits for the child, which patches
+    and goes on with the same trackers."""
+    slow = trackers["slow"]
+    emit("parent", id=slow.track("master", "app_boot"), flushed=slow.flush(30))
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    patch()
+
+
 def run(slow_url: str, hung_url: str, n: int) -> None:
+    trackers = build(slow_url, hung_url)
+    if ORDER == "preload":
+        preload(trackers)
     spawn(ticker.run)
     time.sleep(0.05)  # the ticker runs
 
-    slow = make(slow_url, workers=4)
+    slow = trackers["slow"]
     ids = [slow.track(f"user-{i}", "green_event", attributes={"i": i}) for i in range(n)]
     flushed = timed(lambda: slow.flush(30))
     s = slow.stats()
@@ -169,12 +197,12 @@ def run(slow_url: str, hung_url: str, n: int) -> None:
     slow.shutdown()
 
     # A full queue with overflow="block": track() waits for room, cooperatively.
-    full = make(slow_url, workers=1, max_queue_size=2, overflow="block", block_timeout=10)
+    full = trackers["full"]
     blocked = timed(lambda: [full.track("user", "blocked", attributes={"i": i}) for i in range(4)])
     emit("block", track=blocked, flushed=full.flush(30))
     full.shutdown()
 
-    hung = make(hung_url, workers=2, timeout=30, flush_at_exit=False)
+    hung = trackers["hung"]
     for i in range(n):
         hung.track(f"user-{i}", "stuck")
     flush = timed(lambda: hung.flush(DEADLINE))
@@ -188,7 +216,7 @@ def run(slow_url: str, hung_url: str, n: int) -> None:
         dropped=nonzero(s.dropped_by_reason),
     )
 
-    _state["exit_tracker"] = left = make(hung_url, workers=2, timeout=30, exit_timeout=DEADLINE)
+    _state["exit_tracker"] = left = trackers["left"]
     for i in range(n):
         left.track(f"user-{i}", "left_for_exit")
     emit("main_end", pending=left.stats().pending)
