@@ -160,18 +160,16 @@ class Buffer:
         me = threading.get_ident()
         with self._lock:
             while not self._stopping and not self._jobs.settled_below(mark, me):
-                # The deadline first: a queue that never runs dry must not keep a drainer
-                # (the exit flush, say) sending past it.
-                left = None if deadline is None else deadline.left()
-                if left is not None and left <= 0:
-                    return None
                 now = clock.monotonic()
                 job = self._next_job(now, worker=False)
                 if job is not None:
                     return job
                 due = self._jobs.next_due()
                 timeout = None if due is None else due - now
-                if left is not None:
+                if deadline is not None:
+                    left = deadline.left()
+                    if left <= 0:
+                        return None
                     timeout = left if timeout is None else min(timeout, left)
                 self._draining += 1
                 self._flush_marks.append(mark)

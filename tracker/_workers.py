@@ -147,13 +147,18 @@ class Sender:
                 return
 
     def drain(self, mark: int, deadline: Optional[Deadline]) -> bool:
-        """Send from this thread until everything admitted before ``mark`` is settled."""
+        """Send from this thread until everything admitted before ``mark`` is settled, or
+        the deadline passed (the request under way then finishes first)."""
         buffer = self._buffer
         while True:
             job = buffer.take_to_drain(mark, deadline)
             if job is None:
                 return buffer.settled_below(mark)
             self.run(job)
+            if deadline is not None and deadline.expired():
+                # A backlog would otherwise keep this thread sending, one request after
+                # another, past the deadline (take_to_drain hands out what is ready).
+                return buffer.settled_below(mark)
 
 
 _pool_local = _green.ThreadLocal()  # .pool: the WorkerPool whose sender thread this is
