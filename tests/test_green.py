@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -53,17 +54,24 @@ LIBS = [_lib("gevent"), _lib("eventlet")]
 
 
 def run_green(*args: object, timeout: float = 60) -> list[dict[str, Any]]:
-    """Run tests/apps/green_child.py; its JSON lines (asserting a clean exit)."""
-    proc = subprocess.run(
+    """Run tests/apps/green_child.py; its JSON lines (asserting a clean exit). A child
+    that hangs is killed with its own forked child (a session of their own)."""
+    proc = subprocess.Popen(
         [sys.executable, str(APPS / "green_child.py"), *map(str, args)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=clean_env(),
-        check=False,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the child hung ({timeout}s); it wrote:\n{out}\n{err}")
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{err}"
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def assert_hub_free(phase: dict[str, Any], what: str) -> None:
