@@ -179,6 +179,7 @@ class TestGunicornGeventPreload:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                start_new_session=True,  # a hung server is killed with its workers
             )
             try:
                 wait_until_ready(port, proc, log_path, self.WORKERS)
@@ -193,7 +194,7 @@ class TestGunicornGeventPreload:
                 stopped_in = time.monotonic() - sigterm_at
             finally:
                 if proc.poll() is None:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
             time.sleep(0.3)  # anything sent twice would arrive about now
             logs = log_path.read_text()
