@@ -67,6 +67,31 @@ class TestCallbacks:
         assert flushed == [True]
         assert sorted(e["eventName"] for e in fake_px.events) == ["first", "follow-up"]
 
+    def test_a_flush_from_a_callback_keeps_its_deadline_with_a_backlog(
+        self, make_tracker: MakeTracker
+    ) -> None:
+        # flush() on a sender thread sends from that thread itself; it went on taking
+        # queued events past its deadline, one request after another (4 s here).
+        holder: dict[str, Tracker] = {}
+        calls: list[tuple[bool, float]] = []
+
+        def on_success(event: Any) -> None:
+            if event.event_name == "first":
+                started = time.monotonic()
+                flushed = holder["t"].flush(timeout=0.2)
+                calls.append((flushed, time.monotonic() - started))
+
+        with FakePX(latency=0.1) as px:
+            holder["t"] = tracker = make_tracker(px.url, workers=1, on_success=on_success)
+            tracker.track("u", "first")
+            for i in range(40):
+                tracker.track("u", f"queued-{i}")
+            assert tracker.flush(timeout=30)
+        ((flushed, took),) = calls
+        assert flushed is False
+        # The deadline, plus the one request in flight when it passed, plus a loaded machine.
+        assert took < 0.2 + 1.5, took
+
     def test_on_error_may_track_even_when_the_queue_is_full(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:

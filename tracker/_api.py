@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
-from tracker import _lifecycle
+from tracker import _green, _lifecycle
 from tracker._counters import Stats
 from tracker._telemetry import Health
 from tracker._tracker import Tracker
@@ -19,12 +18,14 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 _default: Optional[Tracker] = None
-_lock = threading.Lock()
+# Held while the process-wide tracker is built (which starts a thread): green once gevent
+# or eventlet patched, as after the fork in gunicorn's gevent worker.
+_lock = _green.Lock()
 
 
 def _new_lock() -> None:
     global _lock
-    _lock = threading.Lock()  # may have been held by a parent thread at the fork
+    _lock = _green.Lock()  # may have been held by a parent thread at the fork
 
 
 _lifecycle.on_fork(_new_lock)
@@ -63,7 +64,7 @@ def configure(*args: Any, **options: Any) -> Tracker:
     and replaces it."""
     global _default
     new = Tracker(*args, **options)
-    with _lock:
+    with _lock.get():
         old, _default = _default, new
     if old is not None:
         old.shutdown()
@@ -75,7 +76,7 @@ def default_tracker() -> Tracker:
     global _default
     current = _default
     if current is None:
-        with _lock:
+        with _lock.get():
             if _default is None:
                 _default = Tracker()
             current = _default

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
+from tracker import _green
 from tracker._clock import SYSTEM_CLOCK, Clock
 from tracker._config import Config
 from tracker._counters import UNAUTHORIZED
@@ -35,12 +36,12 @@ logger = logging.getLogger("tracker")
 MAX_CALLBACK_DEPTH = 8
 WARN_EVERY = 60.0  # seconds between two warnings for the same reason
 
-_local = threading.local()
+_local = _green.ThreadLocal()
 
 
 def mark_sender_thread() -> None:
     """Called by each sender thread of ours when it starts."""
-    _local.sender = True
+    _local.get().sender = True
 
 
 class Warnings:
@@ -128,11 +129,12 @@ class Outcomes:
         """Run a delivery callback, then release its receipt. Inside another delivery
         callback on this thread (whose flush() sends from here), run it once that
         callback returned."""
-        pending: Optional[deque[Any]] = getattr(_local, "deferred", None)
+        local = _local.get()
+        pending: Optional[deque[Any]] = getattr(local, "deferred", None)
         if pending is not None:
             pending.append((name, callback, args, receipt))
             return
-        _local.deferred = pending = deque([(name, callback, args, receipt)])
+        local.deferred = pending = deque([(name, callback, args, receipt)])
         raised: Optional[BaseException] = None
         try:
             while pending:
@@ -143,7 +145,7 @@ class Outcomes:
                     receipt_.release()
                 raised = raised or caught
         finally:
-            _local.deferred = None
+            local.deferred = None
         if raised is not None:
             raise raised
 
@@ -153,17 +155,18 @@ def _call(
 ) -> Optional[BaseException]:
     """Run a user callback. Returns the BaseException to re-raise on the caller's thread
     (None otherwise): see the module docstring."""
-    depth: int = getattr(_local, "depth", 0)
+    local = _local.get()
+    depth: int = getattr(local, "depth", 0)
     if depth >= MAX_CALLBACK_DEPTH:
         logger.warning("%s not called: callbacks nested %d deep on this thread", name, depth)
         return None
-    _local.depth = depth + 1
+    local.depth = depth + 1
     try:
         callback(*args)
     except Exception:
         logger.exception("%s callback raised; the exception was ignored", name)
     except BaseException as exc:
-        if getattr(_local, "sender", False):
+        if getattr(local, "sender", False):
             logger.error(
                 "%s callback raised %s on a sender thread; ignored: a callback cannot stop "
                 "the process from there (the sender goes on)",
@@ -173,5 +176,5 @@ def _call(
         else:
             return exc
     finally:
-        _local.depth = depth
+        local.depth = depth
     return None

@@ -169,7 +169,10 @@ class Core:
     def orphan(self) -> None:
         """Nobody holds the Tracker any more: its senders end once nothing is pending, and
         then nothing keeps this pipeline (or its connections) alive but the exit registry,
-        which lets it go once it is settled."""
+        which lets it go once it is settled. Not in a forked child that never used the
+        Tracker: this pipeline is the parent's there."""
+        if self.pid != os.getpid():
+            return
         self.buffer.retire_when_idle()
         if self.background and self.buffer.pending:
             _lifecycle.keep_orphan(self)

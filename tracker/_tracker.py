@@ -115,15 +115,25 @@ class Tracker(_lifecycle.Rebuildable, AsyncMixin):
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         parent = self._holder.core
-        self._holder.core = core = self._new_core()
-        core.take_over(parent)
+        if parent.claim is not None:
+            # A uWSGI master's held events: the worker that claims them sends them from
+            # its birth, without waiting for a request.
+            self._holder.core = core = self._new_core()
+            core.take_over(parent)
+        # Otherwise the child's pipeline is built on its first use (``_current``): by
+        # then a host that patches threading after the fork (gunicorn's gevent worker)
+        # has done so, and its locks and conditions are green. Until then nothing here
+        # touches the parent's pipeline, whose locks a parent thread may have held.
 
     def _current(self) -> Core:
-        """This process's pipeline, started; rebuilt first after a fork nobody told us of."""
+        """This process's pipeline, started; built first in a forked child."""
         core = self._holder.core
         if core.pid != os.getpid():
-            _lifecycle.check_fork()
-            core = self._holder.core
+            _lifecycle.check_fork()  # a fork nobody told us of (uWSGI forks from C)
+            with self._lock:
+                core = self._holder.core
+                if core.pid != os.getpid():
+                    self._holder.core = core = self._new_core()
         if not core.started:
             core.start()
         return core
@@ -239,8 +249,8 @@ class Tracker(_lifecycle.Rebuildable, AsyncMixin):
             timeout = self._config.exit_timeout
         _check_timeout(timeout)
         deadline = Deadline(timeout, self._config.clock.monotonic)
+        core = self._current()  # not under the lock: starting a thread may switch greenlets
         with self._lock:
-            core = self._current()
             if self._closed:
                 return True
             self._closed = True
@@ -302,7 +312,9 @@ class Tracker(_lifecycle.Rebuildable, AsyncMixin):
         self.shutdown()
 
     def __repr__(self) -> str:
-        state = "shut down" if self._closed else f"pending={self._core.buffer.pending}"
+        core = self._holder.core
+        pending = core.buffer.pending if core.pid == os.getpid() else 0  # not built yet
+        state = "shut down" if self._closed else f"pending={pending}"
         return f"<Tracker {self._config.endpoint} workers={self._config.workers} {state}>"
 
 

@@ -9,7 +9,6 @@ import logging
 import re
 import socket
 import ssl
-import threading
 import time
 from typing import Any, Callable, Optional, Protocol
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from tracker import _green
 from tracker._config import Config, is_loopback
 from tracker._event import CustomEvent
 from tracker._retry import Kind, classify, parse_retry_after
@@ -147,7 +147,8 @@ def _is_certificate_error(exc: BaseException) -> bool:
 # -- connections that bound the whole answer, skip interim answers, and keep server bytes
 #    out of urllib3's log --------------------------------------------------------------------
 
-_request = threading.local()  # .deadline: time.monotonic() by which the answer must be in
+# .deadline: time.monotonic() by which the answer must be in (per green thread, too)
+_request = _green.ThreadLocal()
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -177,7 +178,7 @@ class _DeadlineReader(io.RawIOBase):
 class _Response(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        deadline: Optional[float] = getattr(_request, "deadline", None)
+        deadline: Optional[float] = getattr(_request.get(), "deadline", None)
         if deadline is not None:
             self.fp.close()
             self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
@@ -229,17 +230,37 @@ class _TLSPool(HTTPSConnectionPool):
 
 
 class _Adapter(HTTPAdapter):
-    """requests' adapter, with our connection classes in every pool it makes."""
+    """requests' adapter, with our connection classes in every pool it makes, and the
+    TLS context of ``use_ssl_context`` when there is one."""
+
+    ssl_context: Optional[ssl.SSLContext] = None
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self._fit(self.poolmanager)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if proxy.lower().startswith(("http://", "https://")):
             manager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+        self._fit(manager)
         return manager
+
+    def use_ssl_context(self, context: Optional[ssl.SSLContext]) -> None:
+        """Open every later connection with ``context`` (None: urllib3's own)."""
+        if context is None and self.ssl_context is None:
+            return
+        self.ssl_context = context
+        for manager in (self.poolmanager, *self.proxy_manager.values()):
+            self._fit(manager)
+            manager.clear()  # pools keep the context they were made with
+
+    def _fit(self, manager: Any) -> None:
+        if self.ssl_context is None:
+            manager.connection_pool_kw.pop("ssl_context", None)
+        else:
+            manager.connection_pool_kw["ssl_context"] = self.ssl_context
 
 
 class RequestsTransport:
@@ -261,6 +282,8 @@ class RequestsTransport:
         )
         # Retries are ours (with backoff and pacing), never urllib3's hidden ones.
         adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self._adapter = adapter
+        self._ssl_class: Optional[type] = None  # ssl.SSLContext as of the last send
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         # What requests would look up in the environment on every request (proxies and
@@ -287,13 +310,17 @@ class RequestsTransport:
         self._session = session
 
     def send(self, event: CustomEvent) -> Result:
+        if ssl.SSLContext is not self._ssl_class:  # first send, or ssl patched since
+            self._ssl_class = ssl.SSLContext
+            self._adapter.use_ssl_context(_green.ssl_context())
         body = encode(event)
         request = self._template.copy()
         request.body = body
         request.headers["Content-Length"] = str(len(body))
         secret = self._secret
         # The whole request, connect to last byte, ends within the timeout.
-        _request.deadline = time.monotonic() + self._timeout
+        local = _request.get()
+        local.deadline = time.monotonic() + self._timeout
         try:
             with self._session.send(request, **self._options) as response:
                 status = response.status_code
@@ -320,7 +347,7 @@ class RequestsTransport:
             # bodies: the outcome is unknown or nothing was sent, so it may be retried.
             return Result(Kind.RETRY, None, describe(exc, secret))
         finally:
-            _request.deadline = None
+            local.deadline = None
         return interpret(status, retry_after, answer, secret, self._clock.time())
 
     def _without_body(self, status: int, retry_after: Optional[str], exc: BaseException) -> Result:

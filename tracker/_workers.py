@@ -9,6 +9,7 @@ import threading
 import traceback
 from typing import Callable, Optional
 
+from tracker import _green
 from tracker._buffer import Buffer
 from tracker._callbacks import Outcomes, mark_sender_thread
 from tracker._clock import Deadline
@@ -146,16 +147,21 @@ class Sender:
                 return
 
     def drain(self, mark: int, deadline: Optional[Deadline]) -> bool:
-        """Send from this thread until everything admitted before ``mark`` is settled."""
+        """Send from this thread until everything admitted before ``mark`` is settled, or
+        the deadline passed (the request under way then finishes first)."""
         buffer = self._buffer
         while True:
             job = buffer.take_to_drain(mark, deadline)
             if job is None:
                 return buffer.settled_below(mark)
             self.run(job)
+            if deadline is not None and deadline.expired():
+                # A backlog would otherwise keep this thread sending, one request after
+                # another, past the deadline (take_to_drain hands out what is ready).
+                return buffer.settled_below(mark)
 
 
-_pool_local = threading.local()
+_pool_local = _green.ThreadLocal()  # .pool: the WorkerPool whose sender thread this is
 
 
 class WorkerPool:
@@ -196,14 +202,22 @@ class WorkerPool:
                 exc,
             )
             return False
+        dead = {t for t in self._snapshot() if not t.is_alive()}
         with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads = [t for t in self._threads if t not in dead]
             self._threads.append(thread)
         return True
 
+    def _snapshot(self) -> list[threading.Thread]:
+        # Threads are asked is_alive() outside the lock: under gevent that takes a lock of
+        # the thread's and may switch greenlets, and a greenlet switching away while it
+        # holds a lock made before patching (a native one) blocks the hub for good.
+        with self._lock:
+            return list(self._threads)
+
     def _run(self) -> None:
         mark_sender_thread()
-        _pool_local.pool = self
+        _pool_local.get().pool = self
         take, run = self._buffer.take, self._sender.run
         job: Optional[Job] = None
         while True:
@@ -215,25 +229,22 @@ class WorkerPool:
             run(job)
 
     def alive(self) -> bool:
-        with self._lock:
-            return any(thread.is_alive() for thread in self._threads)
+        return any(thread.is_alive() for thread in self._snapshot())
 
     def count(self) -> int:
-        with self._lock:
-            return sum(1 for thread in self._threads if thread.is_alive())
+        return sum(1 for thread in self._snapshot() if thread.is_alive())
 
     def owns_current_thread(self) -> bool:
-        return getattr(_pool_local, "pool", None) is self
+        return getattr(_pool_local.get(), "pool", None) is self
 
     def not_on_worker_thread(self) -> bool:
-        return getattr(_pool_local, "pool", None) is not self
+        return getattr(_pool_local.get(), "pool", None) is not self
 
     def join(self, deadline: Deadline) -> bool:
         """Wait until ``deadline`` (real time) for the threads to end; True when all have.
         A thread stuck in a request is left to die with the process."""
         current = threading.current_thread()
-        with self._lock:
-            threads = [t for t in self._threads if t is not current]
+        threads = [t for t in self._snapshot() if t is not current]
         for thread in threads:
             thread.join(deadline.left())
         return not any(t.is_alive() for t in threads)
