@@ -23,6 +23,12 @@ MAX_HEADER_LINES = 100
 request_state = threading.local()  # .deadline: time.monotonic() by which the answer must be in
 
 
+#: A read may end this long (seconds) past the deadline: the socket's timeout is shortened
+#: only once the deadline is nearer than that, so an answer read at once costs no
+#: settimeout() (an ioctl, and a GIL hand-off) of ours.
+DEADLINE_SLACK = 0.001
+
+
 class _DeadlineReader(io.RawIOBase):
     """Socket reads that together end by a deadline: a server dripping its answer a byte
     at a time cannot hold a sender past ``timeout`` (a socket timeout is per read)."""
@@ -31,6 +37,7 @@ class _DeadlineReader(io.RawIOBase):
         super().__init__()
         self._sock = sock
         self._deadline = deadline
+        self._timeout = sock.gettimeout()  # what urllib3 just set it to: see getresponse
 
     def readable(self) -> bool:
         return True
@@ -39,21 +46,34 @@ class _DeadlineReader(io.RawIOBase):
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise socket.timeout("no complete answer within the timeout")
-        previous = self._sock.gettimeout()
-        self._sock.settimeout(left if previous is None else min(previous, left))
-        try:
-            return self._sock.recv_into(buffer)
-        finally:
-            self._sock.settimeout(previous)
+        timeout = self._timeout
+        if timeout is None or left < timeout - DEADLINE_SLACK:
+            # Left as it is afterwards: urllib3 sets it before every use of the socket.
+            self._sock.settimeout(left)
+            self._timeout = left
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """What ``http.client.HTTPResponse`` is given instead of the socket: it only calls
+    ``makefile``, which gives it our reader (no socket file made only to be closed)."""
+
+    __slots__ = ("_deadline", "_sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
 
 
 class _Response(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
         deadline: Optional[float] = getattr(request_state, "deadline", None)
         if deadline is not None:
-            self.fp.close()
-            self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+            sock = _DeadlineSocket(sock, deadline)  # type: ignore[assignment]
+        super().__init__(sock, *args, **kwargs)
         self.malformed_headers = False
 
     def _read_status(self) -> tuple[str, int, str]:
@@ -85,12 +105,30 @@ class _Response(http.client.HTTPResponse):
             msg.set_payload("")
 
 
+def _read_timeout(connection: HTTPConnection) -> None:
+    """Before urllib3's ``getresponse`` sets the socket's timeout (for every answer): set
+    what it sets to the time left to the request's deadline, so the first read needs
+    no settimeout() of ours."""
+    deadline: Optional[float] = getattr(request_state, "deadline", None)
+    if deadline is not None:
+        # Never 0 (a non-blocking socket); at or past the deadline, the reader raises.
+        connection.timeout = max(deadline - time.monotonic(), DEADLINE_SLACK)
+
+
 class _Connection(HTTPConnection):
     response_class = _Response
+
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
+        _read_timeout(self)
+        return super().getresponse()
 
 
 class _TLSConnection(HTTPSConnection):
     response_class = _Response
+
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
+        _read_timeout(self)
+        return super().getresponse()
 
 
 class _Pool(HTTPConnectionPool):
