@@ -122,8 +122,12 @@ class Buffer:
         orphaned tracker with nothing left). The flag asks for one more worker."""
         clock = self._clock
         with self._lock:
-            if finished is not None and finished.worker:
-                finished.worker = False
+            if finished is not None:
+                # This worker's slot is free. Counted by the worker, not by the job's
+                # flag: a job it put back for a retry may be another worker's by now (its
+                # flag set again), and clearing that flag leaked a slot for good; once
+                # the leaks reached the concurrency, every sender waited with no timeout
+                # and delivery stopped.
                 self._sending -= 1
             while not self._stopping:
                 limit = self._pacer.concurrency()
