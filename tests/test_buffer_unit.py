@@ -221,6 +221,38 @@ class TestRetries:
         assert receipt is not None
         receipt.release()
 
+    def test_a_retry_another_worker_took_frees_both_workers_slots(self) -> None:
+        # Worker A puts its job back for a retry; before A asks for its next one, worker B
+        # takes that retry. Each worker's slot is freed once, whoever holds the job now:
+        # a leaked slot left workers waiting for ever with work queued (flush() hung).
+        h = Harness(workers=2)  # unpaced: 2 requests in flight at most
+        h.admit()
+        job, _ = h.buffer.take(None)  # A
+        assert job is not None
+        assert h.buffer.reschedule(job, 0.0)
+        retry, _ = h.buffer.take(None)  # B: the retry, due now
+        assert retry is job
+        h.admit()
+        other, _ = h.buffer.take(job)  # A, done with it: the new event
+        assert other is not None
+        assert other is not job
+        h.settle(retry)
+        h.settle(other)
+        h.admit()
+        h.admit()
+        handed: list[Optional[Job]] = []
+        b_asks = threading.Thread(target=lambda: handed.append(h.buffer.take(retry)[0]))
+        b_asks.start()
+        b_asks.join(JOIN)
+        try:
+            assert not b_asks.is_alive(), "a free worker got nothing while work waited"
+            handed.append(h.buffer.take(other)[0])  # A: the last one
+            assert all(j is not None for j in handed)
+            assert h.check().pending == 2
+        finally:
+            h.buffer.stop()
+            b_asks.join(JOIN)
+
 
 class TestShutdown:
     def test_abandon_drops_everything_oldest_first_and_a_late_settle_counts_nothing(

@@ -122,8 +122,12 @@ class Buffer:
         orphaned tracker with nothing left). The flag asks for one more worker."""
         clock = self._clock
         with self._lock:
-            if finished is not None and finished.worker:
-                finished.worker = False
+            if finished is not None:
+                # This worker's slot is free. Counted by the worker, not by the job's
+                # flag: a job it put back for a retry may be another worker's by now (its
+                # flag set again), and clearing that flag leaked a slot for good; once
+                # the leaks reached the concurrency, every sender waited with no timeout
+                # and delivery stopped.
                 self._sending -= 1
             while not self._stopping:
                 limit = self._pacer.concurrency()
@@ -191,10 +195,13 @@ class Buffer:
 
     # -- outcomes (the sender's thread) ----------------------------------------------------
 
-    def settle(self, job: Job, failed_reason: Optional[str] = None) -> Optional[Receipt]:
+    def settle(
+        self, job: Job, failed_reason: Optional[str] = None, *, report: bool = True
+    ) -> Optional[Receipt]:
         """The job's final outcome: delivered, or failed for ``failed_reason``. A receipt
         to release once its callback ran; None when the job had been abandoned (then it
-        is not counted again)."""
+        is not counted again), or with ``report=False``: nothing is told of it (no
+        callback to run), so flush() has nothing to wait for once it is settled."""
         with self._lock:
             if not self._jobs.land(job):
                 return None
@@ -212,7 +219,7 @@ class Buffer:
                     time=clock.time(), status_code=job.last_status, message=job.last_message
                 )
             self._store.settled((job.event,))
-            receipt = self._jobs.receipt(self, job.seq)
+            receipt = self._jobs.receipt(self, job.seq) if report else None
             self._after_settle()
             return receipt
 
@@ -290,17 +297,20 @@ class Buffer:
     def _release(self, receipt: Receipt) -> None:
         with self._lock:
             self._jobs.receipts.discard(receipt)
-            if self._flush_marks:
-                self._settled.notify_all()
+            self._wake_flush_if_done()
 
-    def _after_settle(self) -> None:
-        self.overflow.room_made()
+    def _wake_flush_if_done(self) -> None:
         # Wake flush() only when it may be done: with every event below its mark settled,
         # at most the events from the mark on can still be pending. (Waking it on every
-        # settled event cost a tenth of the delivery rate while a batch job flushed.)
+        # settled event cost a tenth of the delivery rate while a batch job flushed, and
+        # two context switches per event.)
         marks = self._flush_marks
         if marks and self._pending() <= self._jobs.appended - min(marks):
             self._settled.notify_all()
+
+    def _after_settle(self) -> None:
+        self.overflow.room_made()
+        self._wake_flush_if_done()
         if self._retire_when_idle and self._idle and not self._pending():
             self._work.notify_all()  # an orphaned tracker's idle senders end now
 

@@ -84,6 +84,10 @@ class Outcomes:
     def reports_errors(self) -> bool:
         return self._on_error is not None
 
+    @property
+    def reports_success(self) -> bool:
+        return self._on_success is not None
+
     def delivered(self, job: Job, receipt: Receipt) -> None:
         on_success = self._on_success
         if on_success is None:

@@ -38,7 +38,7 @@ class Job:
     def __init__(self, event: CustomEvent, seq: int, worker: bool) -> None:
         self.event = event
         self.seq = seq  # admission order; flush() waits for everything below its mark
-        self.worker = worker  # held by a worker thread (counted against concurrency)
+        self.worker = worker  # last taken by a worker thread, not a caller draining
         self.attempts = 0  # requests sent, the first included
         self.failures = 0  # retryable failures other than 429s: what max_retries bounds
         self.first_attempt = 0.0

@@ -145,15 +145,15 @@ class LocalPacer:
         interval = 1.0 / rate
         tolerance = (self._burst_now(now) - 1) * interval
         tat = max(self._tat, now)
-        if tat - tolerance > now:
-            return tat - tolerance - now
+        wait = tat - tolerance - now
         if tolerance == 0.0:
             # One at a time: the server may have seen the last request as late as just
             # before it answered. A slow answer (a busy server) must not make the next
-            # request look early to it.
-            earliest = self._last_answer - self._min_latency + interval
-            if earliest > now:
-                return earliest - now
+            # request look early to it. (The longer of the two waits: a sender woken for
+            # the first would only find the second and sleep again.)
+            wait = max(wait, self._last_answer - self._min_latency + interval - now)
+        if wait > 0:
+            return wait
         self._tat = tat + interval
         return 0.0
 

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import http.client
-import io
 import json
 import logging
 import re
 import socket
 import ssl
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, cast
 from urllib.parse import urlsplit
 
 import attrs
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from tracker import _green
 from tracker._config import Config, is_loopback
 from tracker._event import CustomEvent
+from tracker._http import Adapter, as_requests_error, request_state
 from tracker._retry import Kind, classify, parse_retry_after
 
 logger = logging.getLogger("tracker")
 
 MAX_BODY = 64 * 1024  # read no more of any answer; PX's are a few hundred bytes
 MAX_MESSAGE = 300
-MAX_INTERIM = 16  # 1xx answers skipped before the final one, at most
-MAX_HEADER_LINES = 100
 
 
 @attrs.frozen
@@ -144,128 +138,16 @@ def _is_certificate_error(exc: BaseException) -> bool:
     return False
 
 
-# -- connections that bound the whole answer, skip interim answers, and keep server bytes
-#    out of urllib3's log --------------------------------------------------------------------
-
-# .deadline: time.monotonic() by which the answer must be in (per green thread, too)
-_request = _green.ThreadLocal()
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Socket reads that together end by a deadline: a server dripping its answer a byte
-    at a time cannot hold a sender past ``timeout`` (a socket timeout is per read)."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self._deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("no complete answer within the timeout")
-        previous = self._sock.gettimeout()
-        self._sock.settimeout(left if previous is None else min(previous, left))
-        try:
-            return self._sock.recv_into(buffer)
-        finally:
-            self._sock.settimeout(previous)
-
-
-class _Response(http.client.HTTPResponse):
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        deadline: Optional[float] = getattr(_request.get(), "deadline", None)
-        if deadline is not None:
-            self.fp.close()
-            self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
-        self.malformed_headers = False
-
-    def _read_status(self) -> tuple[str, int, str]:
-        # http.client skips 100 Continue only; 103 Early Hints (which proxies send) and
-        # 102 would be taken as the final answer and desynchronise the connection.
-        for _ in range(MAX_INTERIM):
-            version, status, reason = super()._read_status()  # type: ignore[misc]
-            if not 102 <= status < 200:
-                return version, status, reason
-            for _ in range(MAX_HEADER_LINES):
-                line = self.fp.readline(65537)
-                if len(line) > 65536:
-                    raise http.client.LineTooLong("header line")
-                if line in (b"\r\n", b"\n", b""):
-                    break
-            else:
-                raise http.client.HTTPException("too many header lines in an interim answer")
-        raise http.client.HTTPException("too many interim (1xx) answers")
-
-    def begin(self) -> None:
-        super().begin()
-        msg = self.msg
-        if msg.defects or msg.get_payload():
-            # Lines http.client could not parse. urllib3 would log them verbatim at WARNING
-            # ("Failed to parse headers ... unparsed data"), server bytes that may echo the
-            # key, into the application's log; we note them and move on.
-            self.malformed_headers = True
-            msg.defects.clear()
-            msg.set_payload("")
-
-
-class _Connection(HTTPConnection):
-    response_class = _Response
-
-
-class _TLSConnection(HTTPSConnection):
-    response_class = _Response
-
-
-class _Pool(HTTPConnectionPool):
-    ConnectionCls = _Connection
-
-
-class _TLSPool(HTTPSConnectionPool):
-    ConnectionCls = _TLSConnection
-
-
-class _Adapter(HTTPAdapter):
-    """requests' adapter, with our connection classes in every pool it makes, and the
-    TLS context of ``use_ssl_context`` when there is one."""
-
-    ssl_context: Optional[ssl.SSLContext] = None
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
-        self._fit(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if proxy.lower().startswith(("http://", "https://")):
-            manager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
-        self._fit(manager)
-        return manager
-
-    def use_ssl_context(self, context: Optional[ssl.SSLContext]) -> None:
-        """Open every later connection with ``context`` (None: urllib3's own)."""
-        if context is None and self.ssl_context is None:
-            return
-        self.ssl_context = context
-        for manager in (self.poolmanager, *self.proxy_manager.values()):
-            self._fit(manager)
-            manager.clear()  # pools keep the context they were made with
-
-    def _fit(self, manager: Any) -> None:
-        if self.ssl_context is None:
-            manager.connection_pool_kw.pop("ssl_context", None)
-        else:
-            manager.connection_pool_kw["ssl_context"] = self.ssl_context
-
-
 class RequestsTransport:
-    """Sends one event per request over one keep-alive requests Session (one per
-    process: a forked child builds its own)."""
+    """Sends one event per request over requests' keep-alive pool (one per process: a
+    forked child builds its own).
+
+    The pool is the one ``Session.send`` would use, reached the way requests' adapter
+    reaches it (``get_connection_with_tls_context``, ``cert_verify``, ``urlopen`` with
+    its arguments: no redirects, no retries of urllib3's own). What is left out is the
+    per-request Session machinery the transport never needed: hooks, cookie jars, redirect
+    resolution, environment look-ups (done once, below), the Response object. That was
+    about two fifths of the client's CPU per event."""
 
     def __init__(self, config: Config, user_agent: str, pool_size: int) -> None:
         endpoint = config.endpoint
@@ -281,57 +163,107 @@ class RequestsTransport:
             }
         )
         # Retries are ours (with backoff and pacing), never urllib3's hidden ones.
-        adapter = _Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self._adapter = adapter
-        self._ssl_class: Optional[type] = None  # ssl.SSLContext as of the last send
+        adapter = Adapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         # What requests would look up in the environment on every request (proxies and
         # NO_PROXY, REQUESTS_CA_BUNDLE), looked up once. Proxies never apply to a loopback
         # server; a CA bundle does, from the environment or the ca_bundle option.
-        settings = dict(session.merge_environment_settings(endpoint, {}, True, None, None))
+        settings: dict[str, Any] = dict(
+            session.merge_environment_settings(endpoint, {}, True, None, None)
+        )
         if is_loopback(urlsplit(endpoint).hostname or ""):
             settings["proxies"] = {}
         if config.ca_bundle is not None:
             settings["verify"] = config.ca_bundle
         # Off from here on: that also keeps ~/.netrc credentials out of PX's requests.
         session.trust_env = False
-        self._options: dict[str, Any] = {
-            "timeout": (config.timeout, config.timeout),
-            "allow_redirects": False,
-            "stream": True,
-            "proxies": settings["proxies"],
-            "verify": settings["verify"],
-            "cert": settings["cert"],
+        # Every request is this one with its own body: its headers (the Session's, requests'
+        # defaults) merged once; urllib3 adds Content-Length.
+        template = session.prepare_request(requests.Request("POST", endpoint, data=b"{}"))
+        self._headers = {
+            name: value
+            for name, value in template.headers.items()
+            if name.lower() != "content-length"
         }
-        # Every request is a copy of this one with its own body: preparing a request
-        # (merging headers, cookies, hooks) per event cost a third of the client's CPU.
-        self._template = session.prepare_request(requests.Request("POST", endpoint, data=b"{}"))
+        self._template = template
+        self._proxies: dict[str, str] = settings["proxies"]
+        self._verify: Any = settings["verify"]
+        self._cert: Any = settings["cert"]
+        # The path, or the absolute URL through a plain-http proxy.
+        self._url = adapter.request_url(template, self._proxies)
+        self._retries = adapter.max_retries  # Retry(0, read=False): none
+        self._timeouts = urllib3.Timeout(connect=config.timeout, read=config.timeout)
+        self._adapter = adapter
         self._session = session
+        self._pool: Optional[urllib3.HTTPConnectionPool] = None
+        self._ssl_class: Optional[type] = None  # ssl.SSLContext as of the last send
+
+    def _connection_pool(self) -> urllib3.HTTPConnectionPool:
+        """The adapter's pool for the endpoint (through the proxy, if any), set up as
+        ``HTTPAdapter.send`` sets it up. Looked up once: one endpoint, and a pool manager
+        that keeps one pool, so it stays the same pool until ``close()``."""
+        pool = self._pool
+        if pool is None:
+            adapter, template = self._adapter, self._template
+            pool = cast(
+                urllib3.HTTPConnectionPool,
+                adapter.get_connection_with_tls_context(
+                    template, self._verify, proxies=self._proxies, cert=self._cert
+                ),
+            )
+            # The CA bundle (certifi's for verify=True) and the client certificate.
+            adapter.cert_verify(  # type: ignore[no-untyped-call]
+                pool, template.url, self._verify, self._cert
+            )
+            self._pool = pool
+        return pool
 
     def send(self, event: CustomEvent) -> Result:
         if ssl.SSLContext is not self._ssl_class:  # first send, or ssl patched since
             self._ssl_class = ssl.SSLContext
-            self._adapter.use_ssl_context(_green.ssl_context())
+            if self._adapter.use_ssl_context(_green.ssl_context()):
+                self._pool = None
         body = encode(event)
-        request = self._template.copy()
-        request.body = body
-        request.headers["Content-Length"] = str(len(body))
         secret = self._secret
         # The whole request, connect to last byte, ends within the timeout.
-        local = _request.get()
-        local.deadline = time.monotonic() + self._timeout
+        state = request_state.get()
+        state.deadline = time.monotonic() + self._timeout
         try:
-            with self._session.send(request, **self._options) as response:
-                status = response.status_code
+            try:
+                response = self._connection_pool().urlopen(
+                    "POST",
+                    self._url,
+                    body=body,
+                    headers=self._headers,
+                    redirect=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    decode_content=False,
+                    retries=self._retries,
+                    timeout=self._timeouts,
+                    chunked=False,
+                )
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                mapped = as_requests_error(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            try:
+                status = response.status
                 retry_after = response.headers.get("Retry-After")
-                original = getattr(response.raw, "_original_response", None)
+                original = getattr(response, "_original_response", None)
                 if getattr(original, "malformed_headers", False):
                     logger.debug("PX's answer (HTTP %d) had malformed header lines", status)
                 try:
-                    answer = response.raw.read(MAX_BODY, decode_content=True) or b""
+                    answer = response.read(MAX_BODY, decode_content=True) or b""
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
                     return self._without_body(status, retry_after, exc)
+            finally:
+                # As requests' Response.close(): an answer read to its end has given its
+                # connection back already; one cut at MAX_BODY closes it.
+                response.close()
+                response.release_conn()
         except requests.exceptions.SSLError as exc:
             if _is_certificate_error(exc):
                 # Configuration, not weather: no retry will make the certificate valid.
@@ -347,7 +279,7 @@ class RequestsTransport:
             # bodies: the outcome is unknown or nothing was sent, so it may be retried.
             return Result(Kind.RETRY, None, describe(exc, secret))
         finally:
-            local.deadline = None
+            state.deadline = None
         return interpret(status, retry_after, answer, secret, self._clock.time())
 
     def _without_body(self, status: int, retry_after: Optional[str], exc: BaseException) -> Result:
@@ -368,6 +300,7 @@ class RequestsTransport:
         return Result(Kind.RETRY, status, describe(exc, self._secret))
 
     def close(self) -> None:
+        self._pool = None
         self._session.close()
 
 

@@ -71,9 +71,10 @@ class Sender:
         if kind is Kind.DELIVERED:
             if buffer.answered(job, None):
                 self.grow()
-            receipt = buffer.settle(job)
+            outcomes = self._outcomes
+            receipt = buffer.settle(job, report=outcomes.reports_success)
             if receipt is not None:
-                self._outcomes.delivered(job, receipt)
+                outcomes.delivered(job, receipt)
             return None
         job.last_status = result.status_code
         job.last_message = result.message
