@@ -126,11 +126,16 @@ class LocalPacer:
         reached = max(0.0, plateau - rate) / (FAST_RECOVERY * ceiling)
         return min(ceiling, max(rate, plateau) + SLOW_RECOVERY * ceiling * (since - reached))
 
-    def _burst_now(self, now: float) -> int:
+    def _burst_now(self, now: float, interval: float) -> int:
         if self._burst < self._burst0:
             if self._bursts_from is None:
                 self._bursts_from = now + BURST_WARMUP
             if now >= self._bursts_from:
+                # Bursts are allowed from now on, but credit is earned by idle time, not
+                # granted: the tolerance grows and the plan moves by as much, so what
+                # was due goes out as before (after a warm-up with a backlog, or a pause
+                # that outlasted it) and only idle time since the last slot counts.
+                self._tat = max(now, self._tat + (self._burst0 - 1) * interval)
                 self._burst = self._burst0
         return self._burst
 
@@ -143,7 +148,7 @@ class LocalPacer:
         if rate is None:
             return 0.0
         interval = 1.0 / rate
-        tolerance = (self._burst_now(now) - 1) * interval
+        tolerance = (self._burst_now(now, interval) - 1) * interval
         tat = max(self._tat, now)
         wait = tat - tolerance - now
         if tolerance == 0.0:
