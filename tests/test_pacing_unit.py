@@ -17,6 +17,7 @@ from tracker._pacing import (
     FAST_RECOVERY,
     HEADROOM,
     PLATEAU,
+    TRUSTED_AFTER,
     LocalPacer,
 )
 from tracker.testing import FakeClock
@@ -105,16 +106,27 @@ class TestSlots:
         assert most_in_window(around, 0.05) <= rate * 0.05 + 1
         assert len(started) <= rate * (BURST_WARMUP + 1.0) + 1
 
-    def test_a_late_start_does_not_let_the_next_one_start_early(self, clock: FakeClock) -> None:
+    def test_a_slow_answer_does_not_let_the_next_one_start_early(self, clock: FakeClock) -> None:
+        pacer = LocalPacer(rate_limit=10.0, workers=1)
+        t = clock.monotonic()
+        for _ in range(TRUSTED_AFTER):  # answers in 10 ms: the network's share of a round trip
+            assert pacer.turn(t) == 0.0
+            pacer.answered(t + 0.01, t)
+            t += 0.01 + 0.1  # an interval after the answer: not trusted yet
+        assert pacer.turn(t) == 0.0
+        pacer.answered(t + 0.5, t)  # a slow answer: the server may have seen it late
+        # One at a time: not before an interval after the server may have seen it.
+        assert pacer.turn(t + 0.501) == pytest.approx(t + 0.5 - 0.01 + 0.1 - (t + 0.501))
+
+    def test_the_first_round_trips_are_not_trusted(self, clock: FakeClock) -> None:
+        # The first answers carry a connection's set-up (and a host busy starting): the
+        # server may have seen such a request just before its answer, not a fastest
+        # round trip before it, so the next one waits an interval from the answer.
         pacer = LocalPacer(rate_limit=10.0, workers=1)
         t0 = clock.monotonic()
         assert pacer.turn(t0) == 0.0
-        pacer.answered(t0 + 0.01, t0)  # the network's share of a round trip: 10 ms
-        t1 = t0 + 0.1
-        assert pacer.turn(t1) == 0.0
-        pacer.answered(t1 + 0.5, t1)  # a slow answer: the server may have seen it late
-        # One at a time: not before an interval after the server may have seen it.
-        assert pacer.turn(t1 + 0.501) == pytest.approx(t1 + 0.5 - 0.01 + 0.1 - (t1 + 0.501))
+        pacer.answered(t0 + 0.08, t0)
+        assert pacer.turn(t0 + 0.1) == pytest.approx(0.08)
 
 
 class TestPause:
@@ -225,6 +237,21 @@ class TestDecreaseAndRecovery:
         pacer.rate_limited(now, now, pause=0.0)
         assert pacer.rate(now) == rate  # the rate itself is not in question yet
         clock.advance(1.0)
+        now = clock.monotonic()
+        burst = 0
+        while pacer.turn(now) == 0.0:
+            burst += 1
+        assert burst == 1
+
+    def test_a_429_one_at_a_time_stops_bursts_too(self, clock: FakeClock) -> None:
+        # A server that refuses requests sent evenly would refuse bursts as well: bursts
+        # do not start when the warm-up ends (against nginx burst=0 the first one drew a
+        # 429 and a pause of its own).
+        pacer = LocalPacer(rate_limit=200.0, workers=8)
+        now = clock.monotonic()
+        assert pacer.turn(now) == 0.0
+        pacer.rate_limited(now + 0.001, now, pause=0.0)  # in the warm-up: one at a time
+        clock.advance(BURST_WARMUP + 10)  # then idle, long past the warm-up
         now = clock.monotonic()
         burst = 0
         while pacer.turn(now) == 0.0:

@@ -13,8 +13,12 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
   does not let the next one start early: a downstream leaky bucket sees what we planned.
   One at a time (no bursts), a request also waits for the interval after the server may
   have seen the one before (up to its answer), so a slow answer does not make it early.
-- **Bursts**: none for the first ``BURST_WARMUP`` seconds (a backlog at start goes out
-  evenly); a 429 while bursting only stops bursts, for ``BURST_MEMORY`` seconds.
+- **Bursts**: none for the first ``BURST_WARMUP`` of sending (a backlog at start goes
+  out evenly while the first answers tell the round trip and the senders grow), then up
+  to ``BURST_SECONDS`` worth, earned by idle time only: when bursts become allowed the
+  plan moves by the tolerance it gains, so senders that never stopped do not burst.
+  Any 429 stops bursts for ``BURST_MEMORY`` seconds; a 429 while bursting does no more
+  (the server may only tolerate smaller bursts than ours).
 - **429**: every sender pauses until Retry-After. A 429 to a request sent one at a time,
   planned after our last reaction and a second or more after the last decrease, is new
   evidence about the rate: after a run of answers at that rate (``NEAR_SECONDS``' worth),
@@ -46,11 +50,15 @@ FAST_RECOVERY = 0.2  # ...at this share of the ceiling per second,
 SLOW_RECOVERY = 0.001  # then slowly beyond it (0.2/s per second at 200/s), up to the ceiling
 MIN_RATE_SHARE = 0.01  # never below 1% of the ceiling
 DECREASE_EVERY = 1.0  # seconds: at most one decrease per second, since limits are per second
-BURST_WARMUP = 5.0  # seconds of sending before the first bursts
+BURST_WARMUP = 1.0  # seconds of sending before the first bursts
 BURST_MEMORY = 300.0  # seconds after a 429 to a burst before bursts are allowed again
 HEADROOM = 1.5  # requests in flight beyond what Little's law needs at the mean latency
 LATENCY_UP = 0.5  # EWMA weights: latency rises are followed fast, falls slowly
 LATENCY_DOWN = 0.1
+# Answers before the fastest round trip seen is trusted: the first ones carry a connection's
+# set-up and the host's start (2,000 track() calls holding the GIL), and an overestimate
+# would let the next request start early.
+TRUSTED_AFTER = 3
 
 
 class Pacer(Protocol):
@@ -105,6 +113,7 @@ class LocalPacer:
         self._rate_before = rate_limit or 0.0
         self._latency: Optional[float] = None  # EWMA of seconds from start to answer
         self._min_latency = 0.0 if rate_limit is None else math.inf
+        self._answers = 0
         self._last_answer = -math.inf
 
     # -- the rate --------------------------------------------------------------------------
@@ -156,7 +165,8 @@ class LocalPacer:
             # before it answered. A slow answer (a busy server) must not make the next
             # request look early to it. (The longer of the two waits: a sender woken for
             # the first would only find the second and sleep again.)
-            wait = max(wait, self._last_answer - self._min_latency + interval - now)
+            fastest = self._min_latency if self._answers >= TRUSTED_AFTER else 0.0
+            wait = max(wait, self._last_answer - fastest + interval - now)
         if wait > 0:
             return wait
         self._tat = tat + interval
@@ -169,11 +179,15 @@ class LocalPacer:
         ceiling = self._ceiling
         # Evidence only from requests planned after our last reaction to a 429.
         if ceiling is not None and sent_at >= self._reacted_at:
-            if self._burst > 1:
-                # While bursting: the server tolerates smaller bursts than ours. Stop
-                # bursting first; the rate itself is not in question yet.
+            bursting = self._burst > 1
+            if self._burst0 > 1:
+                # No bursts for a while, whichever way we were sending: a server that
+                # refuses requests sent one at a time would refuse bursts too.
                 self._burst = 1
                 self._bursts_from = now + BURST_MEMORY
+            if bursting:
+                # While bursting: the server tolerates smaller bursts than ours. Stop
+                # bursting first; the rate itself is not in question yet.
                 self._reacted_at = now
                 self._answers_since_reaction = 0
             elif now - self._decreased_at >= DECREASE_EVERY:
@@ -205,6 +219,7 @@ class LocalPacer:
 
     def answered(self, now: float, sent_at: float) -> None:
         latency = max(0.0, now - sent_at)
+        self._answers += 1
         self._last_answer = max(self._last_answer, now)
         self._min_latency = min(self._min_latency, latency)
         if sent_at >= self._reacted_at:
