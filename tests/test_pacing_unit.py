@@ -16,6 +16,7 @@ from tracker._pacing import (
     DECREASE_NEAR,
     FAST_RECOVERY,
     HEADROOM,
+    NEAR_REQUESTS,
     PLATEAU,
     TRUSTED_AFTER,
     LocalPacer,
@@ -33,6 +34,20 @@ def starts(pacer: LocalPacer, clock: FakeClock, until: float) -> list[float]:
         if wait == 0.0:
             started.append(now)
             pacer.answered(now, now)
+        else:
+            clock.advance(wait)
+    return started
+
+
+def starts_unanswered(pacer: LocalPacer, clock: FakeClock, count: int) -> list[float]:
+    """``count`` requests started as the pacer lets them, none answered yet (a long round
+    trip). Their start times; the clock is left at the last one."""
+    started: list[float] = []
+    while len(started) < count:
+        now = clock.monotonic()
+        wait = pacer.turn(now)
+        if wait == 0.0:
+            started.append(now)
         else:
             clock.advance(wait)
     return started
@@ -117,6 +132,23 @@ class TestSlots:
         pacer.answered(t + 0.5, t)  # a slow answer: the server may have seen it late
         # One at a time: not before an interval after the server may have seen it.
         assert pacer.turn(t + 0.501) == pytest.approx(t + 0.5 - 0.01 + 0.1 - (t + 0.501))
+
+    def test_a_request_that_left_late_does_not_let_the_next_one_leave_early(
+        self, clock: FakeClock
+    ) -> None:
+        # A long round trip: the next slot comes before the answer. A sender that took its
+        # slot and then waited (for the GIL) before its request left would have the next
+        # one leave less than an interval after it.
+        pacer = LocalPacer(rate_limit=10.0, workers=8)
+        t = clock.monotonic()
+        for _ in range(TRUSTED_AFTER):  # requests leave 1 ms after their slot, no answers
+            assert pacer.turn(t) == 0.0
+            pacer.written(t, t + 0.001)
+            t += 0.001 + 0.1  # an interval after it left: not trusted yet
+        assert pacer.turn(t) == 0.0
+        pacer.written(t, t + 0.05)  # this one left 50 ms after its slot
+        # Not before an interval after it left, less the shortest slot-to-wire time.
+        assert pacer.turn(t + 0.1) == pytest.approx(t + 0.05 - 0.001 + 0.1 - (t + 0.1))
 
     def test_the_first_round_trips_are_not_trusted(self, clock: FakeClock) -> None:
         # The first answers carry a connection's set-up (and a host busy starting): the
@@ -207,6 +239,20 @@ class TestDecreaseAndRecovery:
         assert before is not None
         pacer.rate_limited(later, later, pause=0.0)  # no answers in between: far
         assert pacer.rate(later) == pytest.approx(DECREASE * before)
+
+    def test_refused_after_a_few_requests_went_through_is_near(self, clock: FakeClock) -> None:
+        # Requests started count, not answers: at a long round trip none has come back
+        # yet when the refusal of a later one arrives.
+        ceiling = 100.0
+        pacer = LocalPacer(rate_limit=ceiling, workers=64)
+        now = clock.monotonic()
+        pacer.rate_limited(now, now, pause=0.0)
+        clock.advance(DECREASE_EVERY)
+        started = starts_unanswered(pacer, clock, NEAR_REQUESTS)
+        before = pacer.rate(started[-1])
+        assert before is not None
+        pacer.rate_limited(clock.monotonic(), started[-1], pause=0.0)
+        assert pacer.rate(clock.monotonic()) == pytest.approx(DECREASE_NEAR * before)
 
     def test_at_most_one_decrease_per_second(self, clock: FakeClock) -> None:
         pacer, twin = LocalPacer(rate_limit=100.0, workers=4), LocalPacer(100.0, 4)

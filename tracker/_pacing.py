@@ -12,7 +12,10 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
   at the current rate, with bursts of ``BURST_SECONDS`` worth. A sender that starts late
   does not let the next one start early: a downstream leaky bucket sees what we planned.
   One at a time (no bursts), a request also waits for the interval after the server may
-  have seen the one before (up to its answer), so a slow answer does not make it early.
+  have seen the one before (up to its answer), so a slow answer does not make it early,
+  and after the one before actually left (its last byte written), so a sender that took
+  its slot and then waited for the GIL does not send the next two requests close
+  together.
 - **Bursts**: none for the first ``BURST_WARMUP`` of sending (a backlog at start goes
   out evenly while the first answers tell the round trip and the senders grow), then up
   to ``BURST_SECONDS`` worth, earned by idle time only: when bursts become allowed the
@@ -21,9 +24,10 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
   (the server may only tolerate smaller bursts than ours).
 - **429**: every sender pauses until Retry-After. A 429 to a request sent one at a time,
   planned after our last reaction and a second or more after the last decrease, is new
-  evidence about the rate: after a run of answers at that rate (``NEAR_SECONDS``' worth),
-  or the first time, the limit is near and the rate drops to ``DECREASE_NEAR`` of what it
-  was; refused at once, it is far and the rate drops to ``DECREASE``. Planning restarts
+  evidence about the rate: after ``NEAR_REQUESTS`` or more requests started at that rate
+  since the reaction, or the first time, the limit is near and the rate drops to
+  ``DECREASE_NEAR`` of what it was; refused at once, it is far and the rate drops to
+  ``DECREASE``. Planning restarts
   at the end of the pause with no burst credit, so the pause is not followed by a burst.
 - **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
   the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
@@ -43,8 +47,8 @@ from tracker._clock import Clock
 
 BURST_SECONDS = 0.05  # the largest burst, in seconds' worth of the rate
 DECREASE = 0.5  # the rate after a 429 soon after (re)starting, as a share of the rate before
-DECREASE_NEAR = 0.9  # the same after NEAR_SECONDS' worth of answers at that rate
-NEAR_SECONDS = 0.1
+DECREASE_NEAR = 0.9  # the same when the refused request was the NEAR_REQUESTS-th or later
+NEAR_REQUESTS = 5
 PLATEAU = 0.95  # fast recovery up to this share of the rate that drew the 429...
 FAST_RECOVERY = 0.2  # ...at this share of the ceiling per second,
 SLOW_RECOVERY = 0.001  # then slowly beyond it (0.2/s per second at 200/s), up to the ceiling
@@ -59,6 +63,7 @@ LATENCY_DOWN = 0.1
 # set-up and the host's start (2,000 track() calls holding the GIL), and an overestimate
 # would let the next request start early.
 TRUSTED_AFTER = 3
+RECENT_STARTS = 512  # slot times kept, for "how many started before the refused one"
 
 
 class Pacer(Protocol):
@@ -75,6 +80,10 @@ class Pacer(Protocol):
 
     def answered(self, now: float, sent_at: float) -> None:
         """Any other answer to a request started at ``sent_at`` (its latency)."""
+
+    def written(self, sent_at: float, at: float) -> None:
+        """The request started at ``sent_at`` left at ``at`` (its last byte written).
+        Called on the sender's thread without the buffer's lock: it only records."""
 
     def concurrency(self) -> int:
         """How many requests should be in flight at most, now."""
@@ -107,7 +116,7 @@ class LocalPacer:
         self._paused_until = 0.0
         self._reacted_at = -math.inf  # the last reaction to a 429 (bursts or rate)
         self._recover_from = -math.inf
-        self._answers_since_reaction = 0
+        self._starts: deque[float] = deque(maxlen=RECENT_STARTS)  # when slots were taken
         self._decreased_at = -math.inf  # the last decrease, and the rates around it
         self._rate_after = rate_limit or 0.0
         self._rate_before = rate_limit or 0.0
@@ -115,6 +124,13 @@ class LocalPacer:
         self._min_latency = 0.0 if rate_limit is None else math.inf
         self._answers = 0
         self._last_answer = -math.inf
+        # (started, written) of the request that left last, set by written() without the
+        # lock (one assignment), read by turn().
+        self._left: Optional[tuple[float, float]] = None
+        self._left_seen: Optional[tuple[float, float]] = None
+        self._writes = 0
+        self._last_write = -math.inf
+        self._min_write = math.inf  # the shortest time from a slot to the request leaving
 
     # -- the rate --------------------------------------------------------------------------
 
@@ -167,13 +183,29 @@ class LocalPacer:
             # the first would only find the second and sleep again.)
             fastest = self._min_latency if self._answers >= TRUSTED_AFTER else 0.0
             wait = max(wait, self._last_answer - fastest + interval - now)
+            # And the server saw it no earlier than it left: the next one leaves an
+            # interval after that (it takes at least the shortest slot-to-wire time).
+            left = self._left
+            if left is not self._left_seen:
+                self._left_seen = left
+                if left is not None:
+                    started, at = left
+                    self._writes += 1
+                    self._min_write = min(self._min_write, max(0.0, at - started))
+                    self._last_write = max(self._last_write, at)
+            soonest = self._min_write if self._writes >= TRUSTED_AFTER else 0.0
+            wait = max(wait, self._last_write - soonest + interval - now)
         if wait > 0:
             return wait
         self._tat = tat + interval
+        self._starts.append(now)
         return 0.0
 
     def paused_until(self) -> float:
         return self._paused_until
+
+    def written(self, sent_at: float, at: float) -> None:
+        self._left = (sent_at, at)
 
     def rate_limited(self, now: float, sent_at: float, pause: float) -> None:
         ceiling = self._ceiling
@@ -189,25 +221,26 @@ class LocalPacer:
                 # While bursting: the server tolerates smaller bursts than ours. Stop
                 # bursting first; the rate itself is not in question yet.
                 self._reacted_at = now
-                self._answers_since_reaction = 0
             elif now - self._decreased_at >= DECREASE_EVERY:
                 # One at a time and still refused: the rate is too high. At most once a
                 # second, so that 429s unrelated to our rate cannot drive it down
                 # faster than it recovers.
                 before = self.rate(now) or ceiling
-                # Refused after a run of answers at this rate (a tenth of a second's
-                # worth), or for the first time at the configured ceiling (jitter at the
-                # documented limit): the limit is near, step down a little. Refused at
-                # once after a decrease: far, halve.
-                near = self._decreased_at == -math.inf or self._answers_since_reaction >= max(
-                    2.0, NEAR_SECONDS * before
-                )
+                # Refused after a few requests at this rate (the refused one the
+                # NEAR_REQUESTS-th or later since the reaction) went through (a server
+                # that refuses every one of them is well below it), or for the first
+                # time at the configured ceiling (jitter at the documented limit): the
+                # limit is near, step down a little. Refused at once after a reaction:
+                # far, halve. Requests started count, not answers: at a long round
+                # trip the first answers after a pause come a round trip late.
+                reacted = self._reacted_at
+                started = sum(1 for t in self._starts if reacted <= t <= sent_at)
+                near = self._decreased_at == -math.inf or started >= NEAR_REQUESTS
                 self._rate_before = before
                 self._rate_after = max(
                     MIN_RATE_SHARE * ceiling, (DECREASE_NEAR if near else DECREASE) * before
                 )
                 self._decreased_at = self._reacted_at = now
-                self._answers_since_reaction = 0
                 self._recover_from = max(self._paused_until, now + pause)
         self._last_answer = max(self._last_answer, now)
         self._paused_until = max(self._paused_until, now + pause)
@@ -222,8 +255,6 @@ class LocalPacer:
         self._answers += 1
         self._last_answer = max(self._last_answer, now)
         self._min_latency = min(self._min_latency, latency)
-        if sent_at >= self._reacted_at:
-            self._answers_since_reaction += 1
         previous = self._latency
         if previous is None:
             self._latency = latency
