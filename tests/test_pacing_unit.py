@@ -254,6 +254,42 @@ class TestDecreaseAndRecovery:
         pacer.rate_limited(clock.monotonic(), started[-1], pause=0.0)
         assert pacer.rate(clock.monotonic()) == pytest.approx(DECREASE_NEAR * before)
 
+    def test_the_recovery_stops_under_the_rate_requests_really_started_at(
+        self, clock: FakeClock
+    ) -> None:
+        # One at a time, each request also waits for the previous answer: with answers
+        # 2 ms slower than the fastest, requests start at 1/(10 ms + 2 ms) = 83/s though
+        # the plan says 100/s. Refused there, the fast recovery does not climb back to
+        # PLATEAU of 100/s (which the waits would still turn into ~83/s, refused again).
+        pacer = LocalPacer(rate_limit=100.0, workers=1)
+        started: list[float] = []
+        for i in range(30):
+            now = clock.monotonic()
+            wait = pacer.turn(now)
+            while wait > 0:
+                clock.advance(wait)
+                now = clock.monotonic()
+                wait = pacer.turn(now)
+            started.append(now)
+            pacer.answered(now + (0.001 if i < TRUSTED_AFTER else 0.003), now)
+            clock.advance(0.001)
+        refused = (len(started[-20:]) - 1) / (started[-1] - started[-20])
+        assert refused < 0.9 * 100
+        now = clock.monotonic()
+        pacer.rate_limited(now, started[-1], pause=1.0)
+        # A second after the pause: the fast recovery would be over.
+        assert pacer.rate(now + 1.0 + 1.0) < PLATEAU * 100  # type: ignore[operator]
+
+    def test_a_refusal_below_the_demand_keeps_the_planned_rate(self, clock: FakeClock) -> None:
+        # Requests started at 20/s because only that many were tracked: a 429 says
+        # nothing about 20/s being too much for the server, it steps the plan down.
+        pacer = LocalPacer(rate_limit=100.0, workers=4)
+        for _ in range(10):
+            assert pacer.turn(clock.monotonic()) == 0.0
+            clock.advance(0.05)
+        pacer.rate_limited(clock.monotonic(), clock.monotonic() - 0.05, pause=0.0)
+        assert pacer.rate(clock.monotonic()) == pytest.approx(DECREASE_NEAR * 100)
+
     def test_at_most_one_decrease_per_second(self, clock: FakeClock) -> None:
         pacer, twin = LocalPacer(rate_limit=100.0, workers=4), LocalPacer(100.0, 4)
         now = clock.monotonic()
