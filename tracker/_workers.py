@@ -72,7 +72,7 @@ class Sender:
             if buffer.answered(job, None):
                 self.grow()
             outcomes = self._outcomes
-            receipt = buffer.settle(job, report=outcomes.reports_success)
+            receipt = buffer.settle(job, receipt=outcomes.reports_success)
             if receipt is not None:
                 outcomes.delivered(job, receipt)
             return None
