@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests._support import APPS, clean_env, free_port, get_json, wait_until
+from tests._support import APPS, PRELUDE, clean_env, free_port, get_json, run_code, wait_until
 from tracker.testing import FakePX
 
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
@@ -210,6 +211,8 @@ class TestMasterTracksAtImport:
         assert boots == [boots_expected] * launches, f"app_boot arrivals per launch: {boots}"
         assert "Traceback" not in logs, logs[-3000:]
         assert "k-uwsgi" not in logs
+        # uWSGI 2.0.26+ runs Python with threads whatever the options: no error about it.
+        assert "uWSGI runs without --enable-threads" not in logs
 
 
 class TestRecycledWorkers:
@@ -296,3 +299,60 @@ class TestRecycledWorkers:
 
 def logged_count(log_path: Path) -> int:
     return log_path.read_text(errors="replace").count("GET /track?id=")
+
+
+class TestWithoutThreads:
+    """uWSGI 2.0.26 and later always initialise Python threads (``--enable-threads`` is
+    a no-op there), so the real server tested above cannot run Python without them. An
+    older one could: a stand-in ``uwsgi`` module (what uWSGI puts in ``sys.modules``, as
+    a worker of such a server would show it) takes its place, in a child process."""
+
+    CHILD = (
+        PRELUDE
+        + """
+import logging, types
+logging.basicConfig(level=logging.ERROR, format="LOG %(levelname)s %(message)s")
+module = types.ModuleType("uwsgi")
+module.worker_id = lambda: 1  # a worker, not the master
+module.mule_id = lambda: 0
+shape = sys.argv[1]
+if shape == "has_threads=0":
+    module.has_threads = 0
+elif shape == "has_threads=1":
+    module.has_threads = 1
+elif shape == "old, no option":
+    module.opt = {}
+elif shape == "old, --enable-threads":
+    module.opt = {b"enable-threads": True, "enable-threads": True}
+sys.modules["uwsgi"] = module
+t = tracker_for(os.environ["PX_URL"])
+t.track("u", "in_a_worker")
+t.track("u", "in_a_worker")
+print(json.dumps({"flushed": t.flush(10), "delivered": t.stats().delivered}))
+"""
+    )
+
+    @pytest.mark.parametrize(
+        ("shape", "error"),
+        [
+            ("has_threads=0", True),
+            ("old, no option", True),
+            ("has_threads=1", False),
+            ("old, --enable-threads", False),
+        ],
+    )
+    def test_one_error_names_the_option_and_the_events_still_arrive(
+        self, fake_px: FakePX, shape: str, error: bool
+    ) -> None:
+        done, _ = run_code(
+            self.CHILD.replace("sys.argv[1]", repr(shape)), env={"PX_URL": fake_px.url}
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"flushed": True, "delivered": 2}
+        errors = [line for line in done.stderr.splitlines() if line.startswith("LOG ERROR")]
+        if error:
+            assert len(errors) == 1, done.stderr  # once, not per event
+            assert "--enable-threads" in errors[0]
+        else:
+            assert errors == [], done.stderr
+        assert fake_px.wait_for(2)
