@@ -211,7 +211,7 @@ class TestMasterTracksAtImport:
         assert boots == [boots_expected] * launches, f"app_boot arrivals per launch: {boots}"
         assert "Traceback" not in logs, logs[-3000:]
         assert "k-uwsgi" not in logs
-        # uWSGI 2.0.26+ runs Python with threads whatever the options: no error about it.
+        # uWSGI 2.0.27+ runs Python with threads whatever the options: no error about it.
         assert "uWSGI runs without --enable-threads" not in logs
 
 
@@ -302,7 +302,7 @@ def logged_count(log_path: Path) -> int:
 
 
 class TestWithoutThreads:
-    """uWSGI 2.0.26 and later always initialise Python threads (``--enable-threads`` is
+    """uWSGI 2.0.27 and later always initialise Python threads (``--enable-threads`` is
     a no-op there), so the real server tested above cannot run Python without them. An
     older one could: a stand-in ``uwsgi`` module (what uWSGI puts in ``sys.modules``, as
     a worker of such a server would show it) takes its place, in a child process."""
