@@ -32,6 +32,9 @@ from tests._support import APPS, PRELUDE, clean_env, free_port, get_json, run_co
 from tracker.testing import FakePX
 
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
+# The last release that can run Python without threads, beside the current one: .ci/run
+# installs it with `pip install --no-deps --target .venv/uwsgi-2.0.26 uWSGI==2.0.26`.
+UWSGI_OLD = Path(sys.prefix) / "uwsgi-2.0.26" / "bin" / "uwsgi"
 pytestmark = [
     pytest.mark.skipif(UWSGI is None, reason="uWSGI is not installed (the dev extra has it)"),
     pytest.mark.timeout(240),
@@ -48,10 +51,15 @@ GRACEFUL_SIGTERM = ("--hook-master-start", "unix_signal:15 gracefully_kill_them_
 
 @contextlib.contextmanager
 def uwsgi(
-    px: FakePX, log_path: Path, *options: str, workers: int = 4, **env: str
+    px: FakePX,
+    log_path: Path,
+    *options: str,
+    workers: int = 4,
+    binary: str | None = UWSGI,
+    **env: str,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A uWSGI server running the test app, stopped (and waited for) on the way out."""
-    assert UWSGI is not None
+    assert binary is not None
     port = free_port()
     environment = clean_env(
         PX_TEST_BASE_URL=px.url,
@@ -64,7 +72,7 @@ def uwsgi(
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [
-                *(UWSGI, "--http-socket", f"127.0.0.1:{port}", "--module", "px_wsgi_app:app"),
+                *(binary, "--http-socket", f"127.0.0.1:{port}", "--module", "px_wsgi_app:app"),
                 *("--processes", str(workers), "--die-on-term", "--need-app", *options),
             ],
             stdout=log,
@@ -356,3 +364,29 @@ print(json.dumps({"flushed": t.flush(10), "delivered": t.stats().delivered}))
         else:
             assert errors == [], done.stderr
         assert fake_px.wait_for(2)
+
+    @pytest.mark.skipif(
+        not UWSGI_OLD.exists(),
+        reason=f"uWSGI 2.0.26 is not installed at {UWSGI_OLD} (.ci/run installs it)",
+    )
+    def test_under_a_real_uwsgi_without_threads(self, tmp_path: Path) -> None:
+        """uWSGI 2.0.26 without --enable-threads: the GIL stays with uWSGI between
+        requests, so senders only run while a request does; the error names the option,
+        and every event arrives by the time the workers leave."""
+        log_path = tmp_path / "uwsgi.log"
+        with FakePX() as px:
+            options = ("--master", "--virtualenv", sys.prefix)  # with this venv's packages
+            with uwsgi(px, log_path, *options, binary=str(UWSGI_OLD)) as (proc, port):
+                pids, answered = workers_answering(port, 4, timeout=30)
+                wait_requests_ended(log_path, answered)
+            logs = log_path.read_text()
+            assert proc.returncode == 0, logs[-3000:]
+            assert "Python threads support is disabled" in logs  # uWSGI's own word for it
+            assert px.wait_for(len(answered) + 1, timeout=10), logs[-3000:]
+            assert requests_arrived(px) == Counter(answered)
+            assert sum(arrived(px, "app_boot").values()) == 1
+        assert len(pids) == 4
+        # One error per worker that sent (each is a process of its own), naming the option.
+        errors = logs.count("uWSGI runs without --enable-threads")
+        assert 1 <= errors <= 4, logs[-3000:]
+        assert "Traceback" not in logs, logs[-3000:]
