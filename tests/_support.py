@@ -3,9 +3,11 @@ recorders, the counters' invariant, child processes and their environment."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -153,6 +155,40 @@ def run_code(
         check=False,
     )
     return done, time.monotonic() - started
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL to a process started in a session of its own (``start_new_session=True``)
+    and to every process of its group; waits for the process."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(60)
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """Stop a process started in a session of its own and whatever is left of its group:
+    SIGTERM to the process, waited for up to ``timeout`` seconds (SIGKILL after); then
+    SIGTERM to the rest of the group, SIGKILL after a grace period (a worker that is not
+    the process's child, as uWSGI's without --master, outlives it otherwise)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 # The start of a child's code: ``tracker_for(url, **options)`` builds a Tracker.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -30,7 +29,7 @@ import pytest
 from tracker.testing import FakePX
 
 from ._rawserver import RawServer, make_private_ca
-from ._support import APPS, arrived_ids, clean_env, free_port, get_json, one
+from ._support import APPS, arrived_ids, clean_env, free_port, get_json, kill_group, one
 
 N = 10  # events per phase
 # Seconds: the longest a greenlet sleeping 10 ms at a time may wait for the hub (not
@@ -67,7 +66,7 @@ def run_green(*args: object, timeout: float = 60) -> list[dict[str, Any]]:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
         out, err = proc.communicate()
         pytest.fail(f"the child hung ({timeout}s); it wrote:\n{out}\n{err}")
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{err}"
@@ -194,8 +193,7 @@ class TestGunicornGeventPreload:
                 stopped_in = time.monotonic() - sigterm_at
             finally:
                 if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    kill_group(proc)
             time.sleep(0.3)  # anything sent twice would arrive about now
             logs = log_path.read_text()
             events = px.events

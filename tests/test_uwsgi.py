@@ -28,7 +28,16 @@ from typing import Any
 
 import pytest
 
-from tests._support import APPS, PRELUDE, clean_env, free_port, get_json, run_code, wait_until
+from tests._support import (
+    APPS,
+    PRELUDE,
+    clean_env,
+    free_port,
+    get_json,
+    run_code,
+    stop_group,
+    wait_until,
+)
 from tracker.testing import FakePX
 
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
@@ -83,32 +92,9 @@ def uwsgi(
     try:
         yield proc, port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         # Without --master the other workers are not the first one's children: SIGTERM
         # to it leaves them running (uWSGI expects the whole group to be signalled).
-        stop_group(proc.pid)
-
-
-def stop_group(pgid: int) -> None:
-    """SIGTERM what is left of a process group, then SIGKILL it after a grace period."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+        stop_group(proc)
 
 
 def get_retrying(port: int, path: str, deadline: float) -> dict[str, Any]:
