@@ -274,6 +274,14 @@ def recorded_tracker(url: str, recorder: Recorder, key: str = API_KEY, **options
     )
 
 
+def spool_tracker(url: str, directory: Path, **options: Any) -> Tracker:
+    """A Tracker keeping its events in the spool ``directory``, with no exit flush
+    (API_KEY and PRODUCT_KEY unless given)."""
+    options.setdefault("api_key", API_KEY)
+    options.setdefault("product_key", PRODUCT_KEY)
+    return Tracker(base_url=url, spool=str(directory), flush_at_exit=False, **options)
+
+
 def get_json(port: int, path: str, timeout: float = 30) -> dict[str, Any]:
     """GET ``path`` from a test server on 127.0.0.1; its JSON answer (asserting a 200)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

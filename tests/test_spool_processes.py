@@ -26,7 +26,7 @@ import pytest
 from tracker import Tracker
 from tracker.testing import FakePX, px_error
 
-from ._support import SLOW, clean_env
+from ._support import SLOW, clean_env, spool_tracker
 
 CHILD = Path(__file__).parent / "apps" / "spool_child.py"
 ROOT = Path(__file__).parent.parent
@@ -133,14 +133,7 @@ class Child:
 
 
 def drain(directory: Path, url: str) -> Tracker:
-    t = Tracker(
-        API_KEY,
-        product_key=PRODUCT_KEY,
-        base_url=url,
-        spool=str(directory),
-        flush_at_exit=False,
-        rate_limit=None,
-    )
+    t = spool_tracker(url, directory, api_key=API_KEY, product_key=PRODUCT_KEY, rate_limit=None)
     assert t.flush(timeout=60)
     t.shutdown(timeout=5)
     return t
@@ -281,13 +274,7 @@ class TestSiblings:
         with GatedPX() as px:
             sibling = start_stopped_sibling(px, directory, 15)
             try:
-                t = Tracker(
-                    API_KEY,
-                    product_key=PRODUCT_KEY,
-                    base_url=px.url,
-                    spool=str(directory),
-                    flush_at_exit=False,
-                )
+                t = spool_tracker(px.url, directory, api_key=API_KEY, product_key=PRODUCT_KEY)
                 assert t.stats().recovered == 0
                 for i in range(10):
                     t.track(f"own-{i}", "e")
