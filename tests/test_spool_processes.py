@@ -292,21 +292,26 @@ class TestSiblings:
             assert sum(1 for e in px.events if e["identifyId"].startswith("sib-")) == 15
 
 
+def fill_the_disk(px: GatedPX, tmp_path: Path, queue: int) -> tuple[Child, dict[str, Any]]:
+    """A spool_child.py that tracks 3,000 events while PX refuses them, on a disk that
+    takes 256 KB (RLIMIT_FSIZE), with max_queue_size=``queue``; then PX heals and it
+    flushes and exits cleanly. The child and its last stats line."""
+    px.held = (b"f-",)
+    child = Child("fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024), str(queue))
+    child.wait_line(lambda line: line == "done")
+    px.held = ()
+    child.send("flush")
+    child.finish()
+    assert child.proc.returncode == 0, child.stderr
+    return child, child.stats(-1)
+
+
 class TestBadDisks:
     def test_a_full_disk_keeps_events_in_memory_warns_once_and_delivers(
         self, tmp_path: Path
     ) -> None:
         with GatedPX() as px:
-            px.held = (b"f-",)
-            child = Child(
-                "fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024), "10000"
-            )
-            child.wait_line(lambda line: line == "done")
-            px.held = ()
-            child.send("flush")
-            child.finish()
-            assert child.proc.returncode == 0, child.stderr
-            s = child.stats(-1)
+            child, s = fill_the_disk(px, tmp_path, queue=10_000)
             assert (s["tracked"], s["delivered"], s["dropped"], s["failed"]) == (3000, 3000, 0, 0)
             assert child.stderr.count("cannot write to") == 1, child.stderr
             assert "Traceback" not in child.stderr
@@ -318,14 +323,7 @@ class TestBadDisks:
         # max_queue_size=100: most events wait on disk when it fills up; those not yet
         # written join memory, and memory (bounded again) drops the rest, counted.
         with GatedPX() as px:
-            px.held = (b"f-",)
-            child = Child("fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024), "100")
-            child.wait_line(lambda line: line == "done")
-            px.held = ()
-            child.send("flush")
-            child.finish()
-            assert child.proc.returncode == 0, child.stderr
-            s = child.stats(-1)
+            child, s = fill_the_disk(px, tmp_path, queue=100)
             assert s["tracked"] == 3000
             assert s["failed"] == 0
             assert s["pending"] == 0
