@@ -78,6 +78,18 @@ class Recorder:
             return [event_id for event_id, _, _ in self.failures]
 
 
+def unit_event(n: int = 1) -> CustomEvent:
+    """A valid event numbered ``n`` (identify_id ``u<n>``, event_id ``id-<n>``), as track()
+    hands it on, for unit tests that play the pipeline's parts by hand."""
+    return CustomEvent(
+        identify_id=f"u{n}",
+        event_name="e",
+        property_key="AP-1",
+        date=1_700_000_000_000,
+        event_id=f"id-{n}",
+    )
+
+
 def invariant_holds(s: Any) -> bool:
     """Every tracked (or recovered from a spool) event is delivered, failed, dropped or
     pending, and the reasons add up."""

@@ -20,7 +20,7 @@ from tracker._pacing import LocalPacer
 from tracker._store import MemoryStore
 from tracker.testing import FakeClock
 
-from ._support import invariant_holds, wait_until
+from ._support import invariant_holds, unit_event, wait_until
 
 # Generous real-time bounds for the few steps that wait on another thread.
 JOIN = 10.0
@@ -42,13 +42,7 @@ class Harness:
 
     def event(self) -> CustomEvent:
         self.made += 1
-        return CustomEvent(
-            identify_id=f"u{self.made}",
-            event_name="e",
-            property_key="AP-1",
-            date=1_700_000_000_000,
-            event_id=f"id-{self.made}",
-        )
+        return unit_event(self.made)
 
     def check(self) -> Any:
         stats = self.buffer.stats()
