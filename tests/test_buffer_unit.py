@@ -67,6 +67,17 @@ class Harness:
         self.check()
         return receipt
 
+    def delivered_one(self) -> tuple[int, Any]:
+        """One event admitted, taken and settled as delivered: the flush mark that covers
+        it, and the receipt that its outcome, still being told, holds."""
+        self.admit()
+        mark = self.buffer.mark()
+        job = self.next_job()
+        assert job is not None
+        receipt = self.settle(job)
+        assert receipt is not None
+        return mark, receipt
+
 
 @pytest.fixture
 def h() -> Harness:
@@ -107,12 +118,7 @@ class TestOneEvent:
     ) -> None:
         # A callback calling flush() on the thread that holds the receipt must not wait
         # for itself.
-        h.admit()
-        mark = h.buffer.mark()
-        job = h.next_job()
-        assert job is not None
-        receipt = h.settle(job)
-        assert receipt is not None
+        mark, receipt = h.delivered_one()
         assert h.buffer.settled_below(mark)
         receipt.release()
 
@@ -132,12 +138,7 @@ class TestOneEvent:
     def test_a_flush_waiting_on_another_thread_returns_once_the_receipt_is_released(
         self, h: Harness
     ) -> None:
-        h.admit()
-        mark = h.buffer.mark()
-        job = h.next_job()
-        assert job is not None
-        receipt = h.settle(job)
-        assert receipt is not None
+        mark, receipt = h.delivered_one()
         results: list[bool] = []
         waiter = threading.Thread(target=lambda: results.append(h.buffer.wait_settled(mark, None)))
         waiter.start()
