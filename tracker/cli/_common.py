@@ -193,6 +193,70 @@ def logging_to_stderr(level: int) -> Iterator[None]:
         logger.setLevel(previous)
 
 
+# -- a local FakePX's faults (demo, serve) -------------------------------------------------
+
+
+def add_fault_options(
+    command: argparse.ArgumentParser,
+    *,
+    fail_rate: float,
+    rate_limit: float,
+    latency: float,
+    jitter: float,
+    drop_rate: float,
+) -> None:
+    """--fail-rate, --rate-limit, --latency, --jitter, --drop-rate and --seed, with the
+    command's defaults; ``fault_options()`` turns them into FakePX's arguments."""
+    command.add_argument(
+        "--fail-rate",
+        type=fraction,
+        default=fail_rate,
+        metavar="P",
+        help="share of 500s (default: %(default)s)",
+    )
+    command.add_argument(
+        "--rate-limit",
+        type=rate,
+        default=rate_limit,
+        metavar="RPS",
+        help="the server's limit in requests/s before 429s, 0 for none (default: %(default)s)",
+    )
+    command.add_argument(
+        "--latency",
+        type=number,
+        default=latency,
+        metavar="SECONDS",
+        help="server latency (default: %(default)s)",
+    )
+    command.add_argument(
+        "--jitter",
+        type=number,
+        default=jitter,
+        metavar="SECONDS",
+        help="random extra latency, up to (default: %(default)s)",
+    )
+    command.add_argument(
+        "--drop-rate",
+        type=fraction,
+        default=drop_rate,
+        metavar="P",
+        help="share of connections closed without an answer (default: %(default)s)",
+    )
+    command.add_argument("--seed", type=int, default=None, help="seed of the server's faults")
+
+
+def fault_options(args: argparse.Namespace) -> dict[str, Any]:
+    """FakePX's keyword arguments for the faults ``add_fault_options()``'s flags gave."""
+    return {
+        "fail_rate": args.fail_rate,
+        "rate_limit": args.rate_limit or None,
+        "latency": args.latency,
+        "latency_jitter": args.jitter,
+        "drop_rate": args.drop_rate,
+        "seed": args.seed,
+    }
+
+
 # -- signals -------------------------------------------------------------------------------
 
 SignalHandler = Callable[[int, Optional[FrameType]], None]
