@@ -86,9 +86,10 @@ def add_key_options(command: argparse.ArgumentParser) -> None:
     )
 
 
-def api_key_from(args: argparse.Namespace, command: str) -> Optional[str]:
-    """The key from --api-key-file or --api-key; None leaves it to PX_API_KEY. Whichever
-    it is, it is redacted from everything the command prints."""
+def api_key_from(args: argparse.Namespace, command: str, required: bool = True) -> Optional[str]:
+    """The key from --api-key-file or --api-key; None leaves it to PX_API_KEY (CliError
+    when that is unset too, unless not ``required``). Whichever it is, it is redacted from
+    everything the command prints."""
     if args.api_key_file:
         try:
             with open(args.api_key_file, encoding="utf-8") as file:
@@ -111,7 +112,22 @@ def api_key_from(args: argparse.Namespace, command: str) -> Optional[str]:
     env_key = env_api_key()
     if env_key:
         add_secret(env_key)
+    elif required:
+        raise CliError("no API key: set PX_API_KEY, or pass --api-key-file PATH")
     return None
+
+
+def add_destination_options(command: argparse.ArgumentParser) -> None:
+    """--region, --base-url and --rate-limit (client pacing), for a command that sends to
+    PX; ``tracker_options()`` hands them to its Tracker."""
+    command.add_argument("--region", help="us, eu or us2 (else PX_REGION, else us)")
+    command.add_argument("--base-url", metavar="URL", help="PX host to send to (else PX_BASE_URL)")
+    command.add_argument(
+        "--rate-limit",
+        type=rate,
+        metavar="RPS",
+        help="client pacing in requests/s, 0 for none (else PX_RATE_LIMIT, else 200)",
+    )
 
 
 def tracker_options(args: argparse.Namespace) -> dict[str, Any]:
