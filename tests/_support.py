@@ -1,5 +1,6 @@
-"""What many test files need, written once: keys, fast retries, polling, callback
-recorders, the counters' invariant, child processes and their environment."""
+"""What many test files need, written once: keys, fast retries, polling, events and
+trackers for unit, spool and recorder tests, the counters' invariant, child processes,
+their environment and process groups, and a gunicorn run."""
 
 from __future__ import annotations
 
