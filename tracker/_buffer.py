@@ -139,7 +139,7 @@ class Buffer(Ledger):
                     clock.wait(self._work, timeout)
                 finally:
                     self._idle -= 1
-            self.threads -= 1
+            self._thread_ended()
             return None, False
 
     def take_to_drain(self, mark: int, deadline: Optional[Deadline]) -> Optional[Job]:

@@ -232,4 +232,21 @@ class Ledger:
     def thread_failed(self) -> None:
         """A counted worker thread could not start."""
         with self._lock:
-            self.threads -= 1
+            self._thread_ended()
+
+    def _thread_ended(self) -> None:
+        self.threads -= 1
+        self._settled.notify_all()  # wait_threads_ended()
+
+    def wait_threads_ended(self, deadline: Deadline, own: bool) -> bool:
+        """Wait until ``deadline`` (real time) for the worker threads to end, but the
+        caller's ``own``; True when they have. A condition rather than ``Thread.join``:
+        under eventlet on Python 3.13 a join whose time ran out raises instead of
+        returning."""
+        with self._lock:
+            while self.threads > own:
+                left = deadline.left()
+                if left <= 0:
+                    return False
+                self._settled.wait(left)
+            return True
