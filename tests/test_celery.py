@@ -31,7 +31,7 @@ import pytest
 
 from tracker.testing import FakePX
 
-from ._support import APPS, clean_env, wait_until
+from ._support import APPS, clean_env, kill_group, stop_group, wait_until
 
 pytest.importorskip("celery", reason="Celery is not installed (the dev extra has it)")
 pytestmark = pytest.mark.timeout(180)
@@ -63,7 +63,7 @@ def celery_worker(
     px: FakePX, folder: Path, *options: str, **env: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A Celery worker running tests/apps/celery_tasks.py; stopped with SIGTERM (and
-    waited for) on the way out if the test did not stop it."""
+    waited for) on the way out if the test did not stop it, and no child left behind."""
     environment = clean_env(
         PX_TEST_BASE_URL=px.url,
         PX_TEST_BROKER_DIR=str(folder),
@@ -79,24 +79,12 @@ def celery_worker(
             stderr=subprocess.STDOUT,
             env=environment,
             cwd=folder,
-            start_new_session=True,  # its own process group, for kill_worker()
+            start_new_session=True,  # its own process group, for kill_group()
         )
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                kill_worker(proc)
-
-
-def kill_worker(worker: subprocess.Popen[bytes]) -> None:
-    """SIGKILL to the worker and its children, for a test that has seen what it needed
-    (Celery's warm shutdown takes seconds with this broker)."""
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait(60)
+        stop_group(proc)
 
 
 def wait_tracked(folder: Path, n: int, worker: subprocess.Popen[bytes]) -> list[str]:
@@ -141,7 +129,8 @@ class TestPrefork:
                 # Sent by each child as it was recycled: no stop needed.
                 assert px.wait_for(50, timeout=30), log_of(tmp_path)
                 assert_arrived_once(px, tracked, tmp_path)
-                kill_worker(worker)
+                # Seen what it needed: Celery's warm shutdown takes seconds with this broker.
+                kill_group(worker)
             pids = Counter(event["attributes"]["pid"] for event in px.events)
             assert len(pids) == 50, f"a child ran more than one task: {pids}"
 

@@ -15,6 +15,19 @@ from ._support import API_KEY, FAST_RETRY, Recorder, wait_until
 MakeTracker = Callable[..., Tracker]
 
 
+def error_after(
+    fake_px: FakePX, make_tracker: MakeTracker, status: int, **answer: Any
+) -> DeliveryError:
+    """The DeliveryError of one event PX answers ``status`` (``answer``: its headers and
+    body), once flush() has returned True."""
+    failures = Recorder()
+    fake_px.respond_next(status, **answer)
+    tracker = make_tracker(fake_px.url, on_error=failures)
+    tracker.track("u1", "e")
+    assert tracker.flush(10)
+    return failures.errors[0]
+
+
 class TestRequest:
     def test_one_post_per_event_with_the_documented_headers(
         self, fake_px: FakePX, make_tracker: MakeTracker
@@ -139,8 +152,9 @@ class TestAnswers:
     def test_px_error_body_becomes_the_error_message(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Recorder()
-        fake_px.respond_next(
+        error = error_after(
+            fake_px,
+            make_tracker,
             400,
             body={
                 "externalapierror": {
@@ -151,35 +165,25 @@ class TestAnswers:
                 }
             },
         )
-        tracker = make_tracker(fake_px.url, on_error=failures)
-        tracker.track("u1", "e")
-        assert tracker.flush(10)
-        error = failures.errors[0]
         assert error.message == "Validation failed; identifyId must not be null"
         assert "HTTP 400: Validation failed; identifyId must not be null" in str(error)
 
     def test_html_403_is_unauthorized_with_a_readable_message(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Recorder()
         html = "<html><head><style>p{}</style></head><body><h1>403 Forbidden</h1></body></html>"
-        fake_px.respond_next(403, headers={"Content-Type": "text/html"}, body=html)
-        tracker = make_tracker(fake_px.url, on_error=failures)
-        tracker.track("u1", "e")
-        assert tracker.flush(10)
-        error = failures.errors[0]
+        error = error_after(
+            fake_px, make_tracker, 403, headers={"Content-Type": "text/html"}, body=html
+        )
         assert error.reason == "unauthorized"
         assert error.message == "403 Forbidden"
 
     def test_a_server_echoing_the_key_does_not_leak_it(
         self, fake_px: FakePX, make_tracker: MakeTracker
     ) -> None:
-        failures = Recorder()
-        fake_px.respond_next(401, body=f"Authentication failed for key {API_KEY}")
-        tracker = make_tracker(fake_px.url, on_error=failures)
-        tracker.track("u1", "e")
-        assert tracker.flush(10)
-        error = failures.errors[0]
+        error = error_after(
+            fake_px, make_tracker, 401, body=f"Authentication failed for key {API_KEY}"
+        )
         assert API_KEY not in str(error)
         assert error.message == "Authentication failed for key ***"
 

@@ -5,14 +5,9 @@ empty and send only their own events, and a real pre-forking web server (gunicor
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,15 +15,13 @@ import pytest
 from tracker.testing import FakePX
 
 from ._support import (
-    APPS,
     PRELUDE,
     arrived_ids,
-    clean_env,
-    free_port,
-    get_json,
+    assert_each_request_arrived_once,
     one,
     run_app,
     run_code,
+    run_gunicorn,
 )
 
 
@@ -119,92 +112,14 @@ class TestForkedChildren:
 class TestGunicornPreload:
     """A WSGI app configured at import in gunicorn's master, 3 forked sync workers."""
 
-    REQUESTS = 60
-
     def test_every_tracked_event_arrives_exactly_once_after_graceful_sigterm(
         self, tmp_path: Path
     ) -> None:
-        log_path = tmp_path / "gunicorn.log"
-        port = free_port()
         # One sending thread per process (PX_WORKERS) and 0.1 s answers: at 10 events per
         # second, each worker still holds most of its events when SIGTERM comes, and only
         # its exit flush can send them.
-        with FakePX(latency=0.1) as px, log_path.open("w") as log:
-            env = clean_env(PX_TEST_BASE_URL=px.url, PX_TEST_API_KEY="k-gunicorn", PX_WORKERS="1")
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "--preload",
-                    "-w",
-                    "3",
-                    "-b",
-                    f"127.0.0.1:{port}",
-                    "--chdir",
-                    str(APPS),
-                    "--graceful-timeout",
-                    "30",
-                    "--log-level",
-                    "info",
-                    "px_wsgi_app:app",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-            try:
-                wait_until_serving(port, proc, log_path)
-                request_ids = [uuid.uuid4().hex for _ in range(self.REQUESTS)]
-                with ThreadPoolExecutor(6) as pool:
-                    answers = list(
-                        pool.map(lambda rid: get_json(port, f"/track?id={rid}"), request_ids)
-                    )
-                sigterm_at = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            time.sleep(0.3)
-            logs = log_path.read_text()
-            events = px.events
-            sent_after_sigterm = sum(r.arrived_at > sigterm_at for r in px.requests)
-
-        assert proc.returncode == 0, logs
-        served = Counter(a["pid"] for a in answers)
-        assert len(served) == 3, f"not every worker served requests: {served}\n{logs}"
-        assert all(a["event_id"] for a in answers), answers
-        assert sent_after_sigterm > 0, "nothing was left for the exit flush to send"
-
-        requests_seen = Counter(
-            e["attributes"]["request_id"] for e in events if e["eventName"] == "http_request"
-        )
-        missing = set(request_ids) - set(requests_seen)
-        duplicated = {rid: n for rid, n in requests_seen.items() if n > 1}
-        unexpected = set(requests_seen) - set(request_ids)
-        report = f"missing={sorted(missing)} duplicated={duplicated} unexpected={unexpected}"
-        assert (missing, duplicated, unexpected) == (set(), {}, set()), f"{report}\n{logs}"
-        sent_ids = Counter(e["eventId"] for e in events if e["eventName"] == "http_request")
-        assert sent_ids == Counter(a["event_id"] for a in answers)
-        boots = [e for e in events if e["eventName"] == "app_boot"]
-        assert len(boots) == 1, f"app_boot arrived {len(boots)} times: {boots}\n{logs}"
-        assert boots[0]["attributes"]["pid"] == proc.pid
-        assert len(events) == self.REQUESTS + 1
-
-
-def wait_until_serving(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Until all three workers have booted and one of them answers."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()}")
-        if log_path.read_text().count("Booting worker") >= 3:
-            try:
-                get_json(port, "/health")
-                return
-            except OSError:
-                pass
-        time.sleep(0.1)
-    pytest.fail(f"gunicorn did not serve with 3 workers within 30s:\n{log_path.read_text()}")
+        with FakePX(latency=0.1) as px:
+            run = run_gunicorn(px, tmp_path, workers=3, requests=60, api_key="k-gunicorn")
+        assert_each_request_arrived_once(run)
+        served = Counter(a["pid"] for a in run.answers)
+        assert len(served) == 3, f"not every worker served requests: {served}\n{run.logs}"

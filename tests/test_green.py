@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +25,15 @@ import pytest
 from tracker.testing import FakePX
 
 from ._rawserver import RawServer, make_private_ca
-from ._support import APPS, arrived_ids, clean_env, free_port, get_json, one
+from ._support import (
+    APPS,
+    arrived_ids,
+    assert_each_request_arrived_once,
+    clean_env,
+    kill_group,
+    one,
+    run_gunicorn,
+)
 
 N = 10  # events per phase
 # Seconds: the longest a greenlet sleeping 10 ms at a time may wait for the hub (not
@@ -67,7 +70,7 @@ def run_green(*args: object, timeout: float = 60) -> list[dict[str, Any]]:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
         out, err = proc.communicate()
         pytest.fail(f"the child hung ({timeout}s); it wrote:\n{out}\n{err}")
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{err}"
@@ -146,92 +149,14 @@ class TestGunicornGeventPreload:
     tracker and tracks ``app_boot`` in the master, unpatched; each worker patches after
     the fork, then serves requests that track."""
 
-    REQUESTS = 40
-    WORKERS = 3
-
     def test_every_event_arrives_once_and_the_server_stops_at_sigterm(self, tmp_path: Path) -> None:
-        log_path = tmp_path / "gunicorn.log"
-        port = free_port()
         # One sender per process and 50 ms answers: the workers still hold events when
         # SIGTERM comes (at most 2 s' worth each, well inside exit_timeout).
-        with FakePX(latency=0.05) as px, log_path.open("w") as log:
-            env = clean_env(PX_TEST_BASE_URL=px.url, PX_TEST_API_KEY="k-gevent", PX_WORKERS="1")
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "--preload",
-                    "-k",
-                    "gevent",
-                    "-w",
-                    str(self.WORKERS),
-                    "-b",
-                    f"127.0.0.1:{port}",
-                    "--chdir",
-                    str(APPS),
-                    "-c",
-                    str(APPS / "gunicorn_ready.py"),
-                    "--graceful-timeout",
-                    "30",
-                    "px_wsgi_app:app",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # a hung server is killed with its workers
+        with FakePX(latency=0.05) as px:
+            run = run_gunicorn(
+                px, tmp_path, "-k", "gevent", workers=3, requests=40, api_key="k-gevent"
             )
-            try:
-                wait_until_ready(port, proc, log_path, self.WORKERS)
-                request_ids = [uuid.uuid4().hex for _ in range(self.REQUESTS)]
-                with ThreadPoolExecutor(6) as pool:
-                    answers = list(
-                        pool.map(lambda rid: get_json(port, f"/track?id={rid}"), request_ids)
-                    )
-                sigterm_at = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-                stopped_in = time.monotonic() - sigterm_at
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            time.sleep(0.3)  # anything sent twice would arrive about now
-            logs = log_path.read_text()
-            events = px.events
-            sent_after_sigterm = sum(r.arrived_at > sigterm_at for r in px.requests)
-
-        assert proc.returncode == 0, logs
         # A worker that does not stop is killed after the graceful timeout, its events lost.
-        assert "SIGKILL" not in logs, logs
-        assert stopped_in < 20, f"the server took {stopped_in:.1f}s to stop:\n{logs}"
-        assert all(a["event_id"] for a in answers), answers
-        assert sent_after_sigterm > 0, "nothing was left for the workers' exit flush"
-        requests_seen = Counter(
-            e["attributes"]["request_id"] for e in events if e["eventName"] == "http_request"
-        )
-        assert requests_seen == Counter(request_ids), logs
-        sent_ids = Counter(e["eventId"] for e in events if e["eventName"] == "http_request")
-        assert sent_ids == Counter(a["event_id"] for a in answers)
-        boots = [e for e in events if e["eventName"] == "app_boot"]
-        assert len(boots) == 1, f"app_boot arrived {len(boots)} times: {boots}\n{logs}"
-        assert boots[0]["attributes"]["pid"] == proc.pid
-        assert len(events) == self.REQUESTS + 1
-
-
-def wait_until_ready(
-    port: int, proc: subprocess.Popen[bytes], log_path: Path, workers: int
-) -> None:
-    """Until every worker has finished booting (tests/apps/gunicorn_ready.py) and one answers."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()}")
-        if log_path.read_text().count("Worker ready") >= workers:
-            try:
-                get_json(port, "/health")
-                return
-            except OSError:
-                pass
-        time.sleep(0.1)
-    pytest.fail(f"gunicorn's workers were not all ready within 30s:\n{log_path.read_text()}")
+        assert "SIGKILL" not in run.logs, run.logs
+        assert run.stopped_in < 20, f"the server took {run.stopped_in:.1f}s to stop:\n{run.logs}"
+        assert_each_request_arrived_once(run)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -18,7 +18,7 @@ from tracker import Tracker
 from tracker.testing import FakePX
 
 from ._rawserver import BAD_ZONE_DATES, DRIP, RawServer
-from ._support import API_KEY, FAST_RETRY, PRODUCT_KEY, Recorder, recorded_tracker
+from ._support import FAST_RETRY, Recorder, recorded_tracker
 
 RawServers = Callable[..., RawServer]
 
@@ -150,24 +150,18 @@ class TestHostileAnswers:
         assert_later_event_delivers(one_worker, px)
 
 
+def raw_tracker(server: RawServer, recorder: Recorder, **options: Any) -> Tracker:
+    """recorded_tracker() with fast retries, sending to a raw server."""
+    return recorded_tracker(server.url, recorder, **FAST_RETRY, **options)
+
+
 class TestStallingAndBreakingServers:
     @pytest.mark.parametrize("stall", ["stall_silent", "stall_mid_body"])
     def test_a_stalled_answer_is_retried_until_retries_exhausted_and_flush_keeps_its_timeout(
         self, raw_server: Callable[..., RawServer], recorder: Recorder, stall: str
     ) -> None:
         server = raw_server([], default=stall)
-        with Tracker(
-            API_KEY,
-            product_key=PRODUCT_KEY,
-            base_url=server.url,
-            workers=1,
-            timeout=0.3,
-            max_retry_time=1.0,
-            on_error=recorder.on_error,
-            on_success=recorder.on_success,
-            flush_at_exit=False,
-            **FAST_RETRY,
-        ) as t:
+        with raw_tracker(server, recorder, timeout=0.3, max_retry_time=1.0) as t:
             event_id = t.track("u", "stalled")
             started = time.monotonic()
             assert t.flush(timeout=0.5) is False
@@ -191,16 +185,7 @@ class TestStallingAndBreakingServers:
         self, raw_server: Callable[..., RawServer], recorder: Recorder
     ) -> None:
         server = raw_server(["close_mid_body", "close_mid_body"], default="ok")
-        with Tracker(
-            API_KEY,
-            product_key=PRODUCT_KEY,
-            base_url=server.url,
-            workers=1,
-            on_error=recorder.on_error,
-            on_success=recorder.on_success,
-            flush_at_exit=False,
-            **FAST_RETRY,
-        ) as t:
+        with raw_tracker(server, recorder) as t:
             event_id = t.track("u", "cut-short")
             assert t.flush(timeout=10)
             assert recorder.errors == []
@@ -208,20 +193,6 @@ class TestStallingAndBreakingServers:
             assert server.behaviours() == ["close_mid_body", "close_mid_body", "ok"]
             assert {s.event_id for s in server.seen} == {event_id}
             assert t.stats().retries == 2
-
-
-def raw_tracker(server: RawServer, recorder: Recorder, **options: object) -> Tracker:
-    options.setdefault("workers", 1)
-    return Tracker(
-        API_KEY,
-        product_key=PRODUCT_KEY,
-        base_url=server.url,
-        on_error=recorder.on_error,
-        on_success=recorder.on_success,
-        flush_at_exit=False,
-        **FAST_RETRY,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 class TestInterimAnswers:

@@ -17,7 +17,7 @@ from tracker._callbacks import MAX_CALLBACK_DEPTH, Outcomes, Warnings, mark_send
 from tracker._jobs import Job, Receipt
 from tracker.testing import FakeClock
 
-from ._support import Recorder
+from ._support import Recorder, unit_event
 
 
 class ReleaseLog:
@@ -30,18 +30,8 @@ class ReleaseLog:
         self.released.append(receipt.seq)
 
 
-def event(n: int = 1) -> CustomEvent:
-    return CustomEvent(
-        identify_id=f"u{n}",
-        event_name="e",
-        property_key="AP-1",
-        date=1_700_000_000_000,
-        event_id=f"id-{n}",
-    )
-
-
 def job(n: int = 1) -> Job:
-    return Job(event(n), seq=n, worker=True)
+    return Job(unit_event(n), seq=n, worker=True)
 
 
 def outcomes(**callbacks: Any) -> Outcomes:
@@ -92,7 +82,9 @@ class TestErrors:
 
     def test_dropped_events_get_an_error_with_only_reason_and_id(self) -> None:
         recorder = Recorder()
-        outcomes(on_error=recorder.on_error).dropped([event(1), event(2)], "queue_overflow")
+        outcomes(on_error=recorder.on_error).dropped(
+            [unit_event(1), unit_event(2)], "queue_overflow"
+        )
         assert recorder.ids() == ["id-1", "id-2"]
         assert recorder.reasons() == ["queue_overflow"] * 2
         assert all(e.status_code is None and e.attempts == 0 for e in recorder.errors)
@@ -107,7 +99,7 @@ class TestErrors:
         plain = outcomes()
         plain.delivered(job(1), receipt(log, 1))
         plain.failed(job(2), "rejected", receipt(log, 2))
-        plain.dropped([event(3)], "shutdown")  # nothing to tell, nothing raised
+        plain.dropped([unit_event(3)], "shutdown")  # nothing to tell, nothing raised
         assert log.released == [1, 2]
         assert not plain.reports_errors
 
@@ -161,7 +153,8 @@ class TestGuards:
 
         told = outcomes(on_error=leave)
         raised = on_thread(
-            lambda: told.dropped([event(1), event(2), event(3)], "shutdown"), sender=False
+            lambda: told.dropped([unit_event(1), unit_event(2), unit_event(3)], "shutdown"),
+            sender=False,
         )
         assert isinstance(raised, SystemExit)
         assert seen == ["id-1", "id-2", "id-3"]
@@ -197,10 +190,10 @@ class TestNesting:
         def on_error(e: CustomEvent, _: DeliveryError) -> None:
             nonlocal depth
             depth += 1
-            holder["o"].dropped([event(depth + 1)], "queue_overflow")
+            holder["o"].dropped([unit_event(depth + 1)], "queue_overflow")
 
         holder["o"] = told = outcomes(on_error=on_error)
         with caplog.at_level(logging.WARNING, logger="tracker"):
-            told.dropped([event(1)], "queue_overflow")
+            told.dropped([unit_event(1)], "queue_overflow")
         assert depth == MAX_CALLBACK_DEPTH
         assert f"callbacks nested {MAX_CALLBACK_DEPTH} deep" in caplog.text

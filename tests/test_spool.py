@@ -9,9 +9,8 @@ import sqlite3
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -24,6 +23,7 @@ from ._support import (
     PRODUCT_KEY,
     InvariantSampler,
     invariant_holds,
+    spool_tracker,
     wait_until,
 )
 
@@ -34,21 +34,14 @@ def spool_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make() -> Iterator[Any]:
-    made: list[Tracker] = []
+def make(make_tracker: Callable[..., Tracker]) -> Callable[..., Tracker]:
+    """Unpaced trackers over a spool directory, shut down after the test."""
 
     def build(url: str, directory: Path, **options: Any) -> Tracker:
-        options.setdefault("api_key", API_KEY)
-        options.setdefault("product_key", PRODUCT_KEY)
-        options.setdefault("flush_at_exit", False)
         options.setdefault("rate_limit", None)
-        t = Tracker(base_url=url, spool=str(directory), **options)
-        made.append(t)
-        return t
+        return make_tracker(url, spool=str(directory), **options)
 
-    yield build
-    for t in made:
-        t.shutdown(timeout=0)
+    return build
 
 
 def spool_files(directory: Path) -> list[Path]:
@@ -68,15 +61,7 @@ def rows_on_disk(directory: Path) -> int:
 
 def leave_events(url: str, directory: Path, count: int, **options: Any) -> list[str]:
     """A tracker that tracks ``count`` events while PX fails and shuts down: they stay."""
-    options.setdefault("api_key", API_KEY)
-    t = Tracker(
-        base_url=url,
-        product_key=PRODUCT_KEY,
-        spool=str(directory),
-        flush_at_exit=False,
-        spool_interval=0,
-        **options,
-    )
+    t = spool_tracker(url, directory, spool_interval=0, **options)
     ids = [t.track(f"u-{i}", "left", attributes={"i": i}) for i in range(count)]
     assert not t.shutdown(timeout=0)
     # A request in flight at shutdown still goes out (and would be answered by a PX the
@@ -144,13 +129,7 @@ class TestOnDisk:
         self, fake_px: FakePX, spool_dir: Path
     ) -> None:
         def job() -> None:
-            t = Tracker(
-                API_KEY,
-                product_key=PRODUCT_KEY,
-                base_url=fake_px.url,
-                spool=str(spool_dir),
-                flush_at_exit=False,
-            )
+            t = spool_tracker(fake_px.url, spool_dir)
             t.track("u", "e")
             assert t.flush(timeout=10)
 

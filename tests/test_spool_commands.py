@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tracker import Tracker
 from tracker.cli import _spool as _spool_commands
 from tracker.cli import main
 from tracker.testing import FakePX
 
-from ._support import API_KEY, FAST_RETRY, PRODUCT_KEY, clean_env, wait_until
+from ._support import API_KEY, FAST_RETRY, clean_env, spool_tracker, wait_until
 from .test_spool import leave_events, rows_on_disk
 
 ROOT = Path(__file__).parent.parent
@@ -38,15 +37,7 @@ class TestStatus:
     def test_files_of_gone_and_live_processes(self, fake_px: FakePX, tmp_path: Path) -> None:
         fake_px.fail_rate = 1.0
         leave_events(fake_px.url, tmp_path, 12, **FAST_RETRY)
-        live = Tracker(
-            API_KEY,
-            product_key=PRODUCT_KEY,
-            base_url=fake_px.url,
-            spool=str(tmp_path / "other"),
-            spool_interval=0,
-            flush_at_exit=False,
-            **FAST_RETRY,
-        )
+        live = spool_tracker(fake_px.url, tmp_path / "other", spool_interval=0, **FAST_RETRY)
         try:
             live.track("live", "e")
             code, text = run_status(tmp_path / "other", as_json=True)

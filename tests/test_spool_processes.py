@@ -26,7 +26,7 @@ import pytest
 from tracker import Tracker
 from tracker.testing import FakePX, px_error
 
-from ._support import SLOW, clean_env
+from ._support import SLOW, clean_env, spool_tracker
 
 CHILD = Path(__file__).parent / "apps" / "spool_child.py"
 ROOT = Path(__file__).parent.parent
@@ -133,14 +133,7 @@ class Child:
 
 
 def drain(directory: Path, url: str) -> Tracker:
-    t = Tracker(
-        API_KEY,
-        product_key=PRODUCT_KEY,
-        base_url=url,
-        spool=str(directory),
-        flush_at_exit=False,
-        rate_limit=None,
-    )
+    t = spool_tracker(url, directory, api_key=API_KEY, product_key=PRODUCT_KEY, rate_limit=None)
     assert t.flush(timeout=60)
     t.shutdown(timeout=5)
     return t
@@ -281,13 +274,7 @@ class TestSiblings:
         with GatedPX() as px:
             sibling = start_stopped_sibling(px, directory, 15)
             try:
-                t = Tracker(
-                    API_KEY,
-                    product_key=PRODUCT_KEY,
-                    base_url=px.url,
-                    spool=str(directory),
-                    flush_at_exit=False,
-                )
+                t = spool_tracker(px.url, directory, api_key=API_KEY, product_key=PRODUCT_KEY)
                 assert t.stats().recovered == 0
                 for i in range(10):
                     t.track(f"own-{i}", "e")
@@ -305,21 +292,26 @@ class TestSiblings:
             assert sum(1 for e in px.events if e["identifyId"].startswith("sib-")) == 15
 
 
+def fill_the_disk(px: GatedPX, tmp_path: Path, queue: int) -> tuple[Child, dict[str, Any]]:
+    """A spool_child.py that tracks 3,000 events while PX refuses them, on a disk that
+    takes 256 KB (RLIMIT_FSIZE), with max_queue_size=``queue``; then PX heals and it
+    flushes and exits cleanly. The child and its last stats line."""
+    px.held = (b"f-",)
+    child = Child("fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024), str(queue))
+    child.wait_line(lambda line: line == "done")
+    px.held = ()
+    child.send("flush")
+    child.finish()
+    assert child.proc.returncode == 0, child.stderr
+    return child, child.stats(-1)
+
+
 class TestBadDisks:
     def test_a_full_disk_keeps_events_in_memory_warns_once_and_delivers(
         self, tmp_path: Path
     ) -> None:
         with GatedPX() as px:
-            px.held = (b"f-",)
-            child = Child(
-                "fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024), "10000"
-            )
-            child.wait_line(lambda line: line == "done")
-            px.held = ()
-            child.send("flush")
-            child.finish()
-            assert child.proc.returncode == 0, child.stderr
-            s = child.stats(-1)
+            child, s = fill_the_disk(px, tmp_path, queue=10_000)
             assert (s["tracked"], s["delivered"], s["dropped"], s["failed"]) == (3000, 3000, 0, 0)
             assert child.stderr.count("cannot write to") == 1, child.stderr
             assert "Traceback" not in child.stderr
@@ -331,14 +323,7 @@ class TestBadDisks:
         # max_queue_size=100: most events wait on disk when it fills up; those not yet
         # written join memory, and memory (bounded again) drops the rest, counted.
         with GatedPX() as px:
-            px.held = (b"f-",)
-            child = Child("fsize", str(tmp_path / "spool"), px.url, "3000", str(256 * 1024), "100")
-            child.wait_line(lambda line: line == "done")
-            px.held = ()
-            child.send("flush")
-            child.finish()
-            assert child.proc.returncode == 0, child.stderr
-            s = child.stats(-1)
+            child, s = fill_the_disk(px, tmp_path, queue=100)
             assert s["tracked"] == 3000
             assert s["failed"] == 0
             assert s["pending"] == 0

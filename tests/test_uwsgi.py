@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -27,10 +28,22 @@ from typing import Any
 
 import pytest
 
-from tests._support import APPS, clean_env, free_port, get_json, wait_until
+from tests._support import (
+    APPS,
+    PRELUDE,
+    clean_env,
+    free_port,
+    get_json,
+    run_code,
+    stop_group,
+    wait_until,
+)
 from tracker.testing import FakePX
 
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable)) or shutil.which("uwsgi")
+# The last release that can run Python without threads, beside the current one: .ci/run
+# installs it with `pip install --no-deps --target .venv/uwsgi-2.0.26 uWSGI==2.0.26`.
+UWSGI_OLD = Path(sys.prefix) / "uwsgi-2.0.26" / "bin" / "uwsgi"
 pytestmark = [
     pytest.mark.skipif(UWSGI is None, reason="uWSGI is not installed (the dev extra has it)"),
     pytest.mark.timeout(240),
@@ -47,10 +60,15 @@ GRACEFUL_SIGTERM = ("--hook-master-start", "unix_signal:15 gracefully_kill_them_
 
 @contextlib.contextmanager
 def uwsgi(
-    px: FakePX, log_path: Path, *options: str, workers: int = 4, **env: str
+    px: FakePX,
+    log_path: Path,
+    *options: str,
+    workers: int = 4,
+    binary: str | None = UWSGI,
+    **env: str,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A uWSGI server running the test app, stopped (and waited for) on the way out."""
-    assert UWSGI is not None
+    assert binary is not None
     port = free_port()
     environment = clean_env(
         PX_TEST_BASE_URL=px.url,
@@ -63,7 +81,7 @@ def uwsgi(
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [
-                *(UWSGI, "--http-socket", f"127.0.0.1:{port}", "--module", "px_wsgi_app:app"),
+                *(binary, "--http-socket", f"127.0.0.1:{port}", "--module", "px_wsgi_app:app"),
                 *("--processes", str(workers), "--die-on-term", "--need-app", *options),
             ],
             stdout=log,
@@ -74,32 +92,9 @@ def uwsgi(
     try:
         yield proc, port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         # Without --master the other workers are not the first one's children: SIGTERM
         # to it leaves them running (uWSGI expects the whole group to be signalled).
-        stop_group(proc.pid)
-
-
-def stop_group(pgid: int) -> None:
-    """SIGTERM what is left of a process group, then SIGKILL it after a grace period."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+        stop_group(proc)
 
 
 def get_retrying(port: int, path: str, deadline: float) -> dict[str, Any]:
@@ -210,6 +205,8 @@ class TestMasterTracksAtImport:
         assert boots == [boots_expected] * launches, f"app_boot arrivals per launch: {boots}"
         assert "Traceback" not in logs, logs[-3000:]
         assert "k-uwsgi" not in logs
+        # uWSGI 2.0.27+ runs Python with threads whatever the options: no error about it.
+        assert "uWSGI runs without --enable-threads" not in logs
 
 
 class TestRecycledWorkers:
@@ -296,3 +293,86 @@ class TestRecycledWorkers:
 
 def logged_count(log_path: Path) -> int:
     return log_path.read_text(errors="replace").count("GET /track?id=")
+
+
+class TestWithoutThreads:
+    """uWSGI 2.0.27 and later always initialise Python threads (``--enable-threads`` is
+    a no-op there), so the real server tested above cannot run Python without them. An
+    older one could: a stand-in ``uwsgi`` module (what uWSGI puts in ``sys.modules``, as
+    a worker of such a server would show it) takes its place, in a child process."""
+
+    CHILD = (
+        PRELUDE
+        + """
+import logging, types
+logging.basicConfig(level=logging.ERROR, format="LOG %(levelname)s %(message)s")
+module = types.ModuleType("uwsgi")
+module.worker_id = lambda: 1  # a worker, not the master
+module.mule_id = lambda: 0
+shape = sys.argv[1]
+if shape == "has_threads=0":
+    module.has_threads = 0
+elif shape == "has_threads=1":
+    module.has_threads = 1
+elif shape == "old, no option":
+    module.opt = {}
+elif shape == "old, --enable-threads":
+    module.opt = {b"enable-threads": True, "enable-threads": True}
+sys.modules["uwsgi"] = module
+t = tracker_for(os.environ["PX_URL"])
+t.track("u", "in_a_worker")
+t.track("u", "in_a_worker")
+print(json.dumps({"flushed": t.flush(10), "delivered": t.stats().delivered}))
+"""
+    )
+
+    @pytest.mark.parametrize(
+        ("shape", "error"),
+        [
+            ("has_threads=0", True),
+            ("old, no option", True),
+            ("has_threads=1", False),
+            ("old, --enable-threads", False),
+        ],
+    )
+    def test_one_error_names_the_option_and_the_events_still_arrive(
+        self, fake_px: FakePX, shape: str, error: bool
+    ) -> None:
+        done, _ = run_code(
+            self.CHILD.replace("sys.argv[1]", repr(shape)), env={"PX_URL": fake_px.url}
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"flushed": True, "delivered": 2}
+        errors = [line for line in done.stderr.splitlines() if line.startswith("LOG ERROR")]
+        if error:
+            assert len(errors) == 1, done.stderr  # once, not per event
+            assert "--enable-threads" in errors[0]
+        else:
+            assert errors == [], done.stderr
+        assert fake_px.wait_for(2)
+
+    @pytest.mark.skipif(
+        not UWSGI_OLD.exists(),
+        reason=f"uWSGI 2.0.26 is not installed at {UWSGI_OLD} (.ci/run installs it)",
+    )
+    def test_under_a_real_uwsgi_without_threads(self, tmp_path: Path) -> None:
+        """uWSGI 2.0.26 without --enable-threads: the GIL stays with uWSGI between
+        requests, so senders only run while a request does; the error names the option,
+        and every event arrives by the time the workers leave."""
+        log_path = tmp_path / "uwsgi.log"
+        with FakePX() as px:
+            options = ("--master", "--virtualenv", sys.prefix)  # with this venv's packages
+            with uwsgi(px, log_path, *options, binary=str(UWSGI_OLD)) as (proc, port):
+                pids, answered = workers_answering(port, 4, timeout=30)
+                wait_requests_ended(log_path, answered)
+            logs = log_path.read_text()
+            assert proc.returncode == 0, logs[-3000:]
+            assert "Python threads support is disabled" in logs  # uWSGI's own word for it
+            assert px.wait_for(len(answered) + 1, timeout=10), logs[-3000:]
+            assert requests_arrived(px) == Counter(answered)
+            assert sum(arrived(px, "app_boot").values()) == 1
+        assert len(pids) == 4
+        # One error per worker that sent (each is a process of its own), naming the option.
+        errors = logs.count("uWSGI runs without --enable-threads")
+        assert 1 <= errors <= 4, logs[-3000:]
+        assert "Traceback" not in logs, logs[-3000:]

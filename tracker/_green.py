@@ -29,48 +29,52 @@ from __future__ import annotations
 
 import ssl
 import threading
-from typing import Optional
+from typing import Callable, Generic, Optional, TypeVar
 
 from urllib3.util import ssl_ as urllib3_ssl
 
+_T = TypeVar("_T")
 
-class ThreadLocal:
-    """A ``threading.local`` that follows monkey-patching: ``get()`` is the local of the
-    current (green) thread. It is replaced only when ``threading.local`` was (after a
-    patch, where threads are cooperative, so no two threads race here)."""
 
-    __slots__ = ("_kind", "_local")
+class _Following(Generic[_T]):
+    """What ``threading.<name>()`` made, made again once monkey-patching replaced that
+    name: ``get()`` is always of the current kind. Replaced only after a patch, where
+    threads are cooperative, so no two threads race here."""
 
-    def __init__(self) -> None:
-        self._kind = threading.local
-        self._local = self._kind()
+    __slots__ = ("_kind", "_made", "_name")
 
-    def get(self) -> threading.local:
-        kind = threading.local
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._kind: Callable[[], _T] = getattr(threading, name)
+        self._made: _T = self._kind()
+
+    def get(self) -> _T:
+        kind: Callable[[], _T] = getattr(threading, self._name)
         if kind is not self._kind:
             self._kind = kind
-            self._local = kind()
-        return self._local
+            self._made = kind()
+        return self._made
 
 
-class Lock:
+class ThreadLocal(_Following[threading.local]):
+    """A ``threading.local`` that follows monkey-patching: ``get()`` is the local of the
+    current (green) thread."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("local")
+
+
+class Lock(_Following[threading.Lock]):
     """A lock that follows monkey-patching: ``get()`` is a green lock once
     ``threading.Lock`` was replaced, so a greenlet that switches away holding it (starting
-    a thread does) does not block the hub for every other greenlet that wants it. Replaced
-    only after a patch, where threads are cooperative, so no two threads race here."""
+    a thread does) does not block the hub for every other greenlet that wants it."""
 
-    __slots__ = ("_kind", "_lock")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._kind = threading.Lock
-        self._lock = self._kind()
-
-    def get(self) -> threading.Lock:
-        kind = threading.Lock
-        if kind is not self._kind:
-            self._kind = kind
-            self._lock = kind()
-        return self._lock
+        super().__init__("Lock")
 
 
 def ssl_context() -> Optional[ssl.SSLContext]:

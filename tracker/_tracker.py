@@ -29,6 +29,10 @@ logger = logging.getLogger("tracker")
 #: unhealthy: PX (or the way to it) has been down that long.
 UNHEALTHY_AFTER = 60.0
 
+# A drop because a bound is reached: what is full, and the option that bounds it (warned
+# about at most once a minute).
+_FULL = {SPOOL_FULL: ("spool", "spool_max_bytes"), QUEUE_OVERFLOW: ("queue", "max_queue_size")}
+
 
 class _Holder:
     """The Tracker's current pipeline, reachable from its finalizer without the Tracker."""
@@ -208,23 +212,19 @@ class Tracker(_lifecycle.Rebuildable, AsyncMixin):
         return event.event_id
 
     def _report_drop(self, core: Core, event: CustomEvent, dropped: Dropped) -> Optional[str]:
-        if dropped.reason == SPOOL_FULL:
-            core.outcomes.warnings.warn(
-                SPOOL_FULL,
-                "spool full (spool_max_bytes=%d, overflow=%r): dropping events; "
-                "see stats().dropped_by_reason",
-                self._config.spool_max_bytes,
-                self._config.overflow.value,
-            )
-        elif dropped.reason == QUEUE_OVERFLOW:
+        if dropped.reason == QUEUE_OVERFLOW:
             core.buffer.noted(QUEUE_OVERFLOW)
             if core.background and not core.pool.alive():
                 _warn_no_senders(core)
+        full = _FULL.get(dropped.reason)
+        if full is not None:
+            what, bound = full
             core.outcomes.warnings.warn(
-                QUEUE_OVERFLOW,
-                "queue full (max_queue_size=%d, overflow=%r): dropping events; "
-                "see stats().dropped_by_reason",
-                self._config.max_queue_size,
+                dropped.reason,
+                "%s full (%s=%d, overflow=%r): dropping events; see stats().dropped_by_reason",
+                what,
+                bound,
+                getattr(self._config, bound),
                 self._config.overflow.value,
             )
         core.outcomes.dropped((dropped.event,), dropped.reason)

@@ -75,7 +75,7 @@ class Sender:
             if buffer.answered(job, None):
                 self.grow()
             outcomes = self._outcomes
-            receipt = buffer.settle(job, report=outcomes.reports_success)
+            receipt = buffer.settle(job, receipt=outcomes.reports_success)
             if receipt is not None:
                 outcomes.delivered(job, receipt)
             return None
@@ -245,10 +245,7 @@ class WorkerPool:
         return getattr(_pool_local.get(), "pool", None) is not self
 
     def join(self, deadline: Deadline) -> bool:
-        """Wait until ``deadline`` (real time) for the threads to end; True when all have.
-        A thread stuck in a request is left to die with the process."""
-        current = threading.current_thread()
-        threads = [t for t in self._snapshot() if t is not current]
-        for thread in threads:
-            thread.join(deadline.left())
-        return not any(t.is_alive() for t in threads)
+        """Wait until ``deadline`` (real time) for the threads to end (but the caller's,
+        when it is one of them); True when all have. A thread stuck in a request is left
+        to die with the process."""
+        return self._buffer.wait_threads_ended(deadline, own=self.owns_current_thread())

@@ -1,9 +1,9 @@
-"""gunicorn settings for tests/test_green.py: each worker says when it is ready.
+"""gunicorn settings for tests/_support.py's run_gunicorn: each worker says when it is ready.
 
-A gevent worker patches the standard library before it installs its signal handlers; a
-SIGTERM that arrives meanwhile goes to the handler it inherited from the master and is
-lost, and the master waits its graceful timeout for that worker, whatever the app does.
-The test waits for every worker's line before it stops the server.
+A worker installs its signal handlers only once it runs (a gevent worker after patching
+the standard library); a SIGTERM that arrives before goes to the handler it inherited
+from the master and is lost, and the master waits its graceful timeout for that worker,
+whatever the app does. The tests wait for every worker's line before they stop the server.
 """
 
 from typing import Any

@@ -11,6 +11,7 @@ The FakePX to send to comes from ``PX_TEST_BASE_URL`` (it runs in the test proce
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -19,6 +20,8 @@ from urllib.parse import parse_qs
 
 import tracker
 
+# As an app would: the tracker's warnings and errors show in the server's log.
+logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
 tracker.configure(
     api_key=os.environ["PX_TEST_API_KEY"],
     product_key=os.environ.get("PX_TEST_PRODUCT_KEY", "AP-GUNICORN-1"),

@@ -86,9 +86,10 @@ def add_key_options(command: argparse.ArgumentParser) -> None:
     )
 
 
-def api_key_from(args: argparse.Namespace, command: str) -> Optional[str]:
-    """The key from --api-key-file or --api-key; None leaves it to PX_API_KEY. Whichever
-    it is, it is redacted from everything the command prints."""
+def api_key_from(args: argparse.Namespace, command: str, required: bool = True) -> Optional[str]:
+    """The key from --api-key-file or --api-key; None leaves it to PX_API_KEY (CliError
+    when that is unset too, unless not ``required``). Whichever it is, it is redacted from
+    everything the command prints."""
     if args.api_key_file:
         try:
             with open(args.api_key_file, encoding="utf-8") as file:
@@ -111,7 +112,22 @@ def api_key_from(args: argparse.Namespace, command: str) -> Optional[str]:
     env_key = env_api_key()
     if env_key:
         add_secret(env_key)
+    elif required:
+        raise CliError("no API key: set PX_API_KEY, or pass --api-key-file PATH")
     return None
+
+
+def add_destination_options(command: argparse.ArgumentParser) -> None:
+    """--region, --base-url and --rate-limit (client pacing), for a command that sends to
+    PX; ``tracker_options()`` hands them to its Tracker."""
+    command.add_argument("--region", help="us, eu or us2 (else PX_REGION, else us)")
+    command.add_argument("--base-url", metavar="URL", help="PX host to send to (else PX_BASE_URL)")
+    command.add_argument(
+        "--rate-limit",
+        type=rate,
+        metavar="RPS",
+        help="client pacing in requests/s, 0 for none (else PX_RATE_LIMIT, else 200)",
+    )
 
 
 def tracker_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -191,6 +207,70 @@ def logging_to_stderr(level: int) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+# -- a local FakePX's faults (demo, serve) -------------------------------------------------
+
+
+def add_fault_options(
+    command: argparse.ArgumentParser,
+    *,
+    fail_rate: float,
+    rate_limit: float,
+    latency: float,
+    jitter: float,
+    drop_rate: float,
+) -> None:
+    """--fail-rate, --rate-limit, --latency, --jitter, --drop-rate and --seed, with the
+    command's defaults; ``fault_options()`` turns them into FakePX's arguments."""
+    command.add_argument(
+        "--fail-rate",
+        type=fraction,
+        default=fail_rate,
+        metavar="P",
+        help="share of 500s (default: %(default)s)",
+    )
+    command.add_argument(
+        "--rate-limit",
+        type=rate,
+        default=rate_limit,
+        metavar="RPS",
+        help="the server's limit in requests/s before 429s, 0 for none (default: %(default)s)",
+    )
+    command.add_argument(
+        "--latency",
+        type=number,
+        default=latency,
+        metavar="SECONDS",
+        help="server latency (default: %(default)s)",
+    )
+    command.add_argument(
+        "--jitter",
+        type=number,
+        default=jitter,
+        metavar="SECONDS",
+        help="random extra latency, up to (default: %(default)s)",
+    )
+    command.add_argument(
+        "--drop-rate",
+        type=fraction,
+        default=drop_rate,
+        metavar="P",
+        help="share of connections closed without an answer (default: %(default)s)",
+    )
+    command.add_argument("--seed", type=int, default=None, help="seed of the server's faults")
+
+
+def fault_options(args: argparse.Namespace) -> dict[str, Any]:
+    """FakePX's keyword arguments for the faults ``add_fault_options()``'s flags gave."""
+    return {
+        "fail_rate": args.fail_rate,
+        "rate_limit": args.rate_limit or None,
+        "latency": args.latency,
+        "latency_jitter": args.jitter,
+        "drop_rate": args.drop_rate,
+        "seed": args.seed,
+    }
 
 
 # -- signals -------------------------------------------------------------------------------

@@ -130,15 +130,13 @@ def drain(
     if not os.path.isdir(directory):
         print(f"tracker spool drain: {directory} is not a directory", file=sys.stderr)
         return 2
-    try:
-        t = _tracker(directory, api_key, options)
-    except ConfigError as exc:
-        print(f"tracker spool drain: {exc}", file=sys.stderr)
+    t = _tracker("spool drain", directory, api_key, options)
+    if t is None:
         return 2
     try:
         t.flush(timeout)
     finally:
-        t.shutdown(timeout=0 if timeout is None else min(timeout, 5.0))
+        _shut_down(t, timeout)
     s = t.stats()
     out.write(
         f"{directory}: {s.recovered} event(s) found, {s.delivered} delivered, "
@@ -148,13 +146,25 @@ def drain(
 
 
 def _tracker(
-    directory: str, api_key: Optional[str], options: Optional[Mapping[str, Any]]
-) -> Tracker:
+    command: str, directory: str, api_key: Optional[str], options: Optional[Mapping[str, Any]]
+) -> Optional[Tracker]:
+    """The Tracker over the spool ``directory``, with no exit flush; None once a
+    ConfigError was said on stderr (exit code 2)."""
     settings: dict[str, Any] = dict(options or {})
     settings.update(spool=directory, flush_at_exit=False)
-    if api_key is not None:
-        return Tracker(api_key, **settings)
-    return Tracker(**settings)
+    try:
+        if api_key is not None:
+            return Tracker(api_key, **settings)
+        return Tracker(**settings)
+    except ConfigError as exc:
+        print(f"tracker {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _shut_down(t: Tracker, timeout: Optional[float]) -> None:
+    """After a flush within ``timeout`` (None: until done): what still waits stays in the
+    spool; requests in flight get at most 5 s more (none after a flush that waited)."""
+    t.shutdown(timeout=0 if timeout is None else min(timeout, 5.0))
 
 
 class SendProgress:
@@ -204,10 +214,8 @@ def send(
         print(f"tracker send: cannot read {source}: {exc}", file=sys.stderr)
         return 2
     with lines:
-        try:
-            t = _tracker(directory, api_key, options)
-        except ConfigError as exc:
-            print(f"tracker send: {exc}", file=sys.stderr)
+        t = _tracker("send", directory, api_key, options)
+        if t is None:
             return 2
         progress = SendProgress(t, source)
         bad = _send_lines(t, progress, lines, to_arguments)
@@ -215,7 +223,7 @@ def send(
         if t.flush(timeout) and t.stats().failed == 0 and bad == 0:
             progress.complete()  # committed by the shutdown below
     finally:
-        t.shutdown(timeout=0 if timeout is None else min(timeout, 5.0))
+        _shut_down(t, timeout)
     s = t.stats()
     out.write(
         f"{source}: resumed after line {progress.resume_after}, {s.recovered} recovered, "

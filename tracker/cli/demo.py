@@ -18,12 +18,12 @@ from tracker.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     Command,
+    add_fault_options,
     add_output_options,
-    fraction,
+    fault_options,
     number,
     positive_int,
     progress_bar,
-    rate,
     reasons,
 )
 
@@ -46,42 +46,9 @@ def add_arguments(demo: argparse.ArgumentParser) -> None:
         metavar="N",
         help="producer threads (default: %(default)s)",
     )
-    demo.add_argument(
-        "--fail-rate",
-        type=fraction,
-        default=0.05,
-        metavar="P",
-        help="share of 500s (default: %(default)s)",
+    add_fault_options(
+        demo, fail_rate=0.05, rate_limit=200.0, latency=0.02, jitter=0.03, drop_rate=0.01
     )
-    demo.add_argument(
-        "--rate-limit",
-        type=rate,
-        default=200.0,
-        metavar="RPS",
-        help="the server's limit in requests/s, 0 for none (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--latency",
-        type=number,
-        default=0.02,
-        metavar="SECONDS",
-        help="server latency (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--jitter",
-        type=number,
-        default=0.03,
-        metavar="SECONDS",
-        help="random extra latency, up to (default: %(default)s)",
-    )
-    demo.add_argument(
-        "--drop-rate",
-        type=fraction,
-        default=0.01,
-        metavar="P",
-        help="share of connections closed without an answer (default: %(default)s)",
-    )
-    demo.add_argument("--seed", type=int, default=None, help="seed of the server's faults")
     demo.add_argument(
         "--max-retries",
         type=int,
@@ -116,15 +83,7 @@ def run(args: argparse.Namespace) -> int:
         return fleet_demo(args.fleet, args.json, events=max(1, args.events // args.fleet))
     from tracker.testing import FakePX  # noqa: PLC0415
 
-    px = FakePX(
-        api_key=_KEY,
-        fail_rate=args.fail_rate,
-        rate_limit=args.rate_limit or None,
-        latency=args.latency,
-        latency_jitter=args.jitter,
-        drop_rate=args.drop_rate,
-        seed=args.seed,
-    )
+    px = FakePX(api_key=_KEY, **fault_options(args))
     with px:
         report = _Run(args, px).run()
     if args.json:

@@ -14,12 +14,12 @@ from tracker.cli._common import (
     EXIT_FAILED,
     CliError,
     Command,
+    add_destination_options,
     add_key_options,
     add_output_options,
     api_key_from,
     env_api_key,
     number,
-    rate,
     tracker_options,
 )
 from tracker.cli._ledger import DeadLetter, Ledger, ResumeState
@@ -52,8 +52,7 @@ exit codes: 0 everything delivered; 1 some lines bad or events not delivered;
 
 def add_arguments(send: argparse.ArgumentParser) -> None:
     send.add_argument("file", metavar="FILE", help="JSON Lines file, or - for stdin")
-    send.add_argument("--region", help="us, eu or us2 (else PX_REGION, else us)")
-    send.add_argument("--base-url", metavar="URL", help="PX host to send to (else PX_BASE_URL)")
+    add_destination_options(send)
     send.add_argument(
         "--local",
         action="store_true",
@@ -67,12 +66,6 @@ def add_arguments(send: argparse.ArgumentParser) -> None:
     )
     send.add_argument(
         "--workers", type=int, metavar="N", help="sending threads (else PX_WORKERS, else 16)"
-    )
-    send.add_argument(
-        "--rate-limit",
-        type=rate,
-        metavar="RPS",
-        help="client pacing in requests/s, 0 for none (else PX_RATE_LIMIT, else 200)",
     )
     send.add_argument(
         "--dead-letter", metavar="PATH", help="default: FILE.dead.jsonl (./stdin.dead.jsonl)"
@@ -127,9 +120,7 @@ def _same_file(a: str, b: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.local and (args.base_url or args.region):
         raise CliError("--local sends to a local FakePX: leave out --base-url and --region")
-    key = api_key_from(args, "send")
-    if key is None and not args.local and not env_api_key():
-        raise CliError("no API key: set PX_API_KEY, or pass --api-key-file PATH")
+    key = api_key_from(args, "send", required=not args.local)
     source = args.file
     if args.spool is not None:
         return _send_through_spool(args, key)

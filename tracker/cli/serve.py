@@ -11,13 +11,12 @@ from tracker.cli._common import (
     EXIT_OK,
     CliError,
     Command,
+    add_fault_options,
     add_secret,
-    fraction,
+    fault_options,
     logger,
-    number,
     on_stop_signals,
     port,
-    rate,
     retry_after,
 )
 
@@ -31,10 +30,7 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         "--port", type=port, default=8080, help="0 picks a free one (default: %(default)s)"
     )
     serve.add_argument("--api-key", metavar="KEY", help="the only key accepted (default: any key)")
-    serve.add_argument("--fail-rate", type=fraction, default=0.0, metavar="P", help="share of 500s")
-    serve.add_argument(
-        "--rate-limit", type=rate, default=0.0, metavar="RPS", help="requests/s before 429s"
-    )
+    add_fault_options(serve, fail_rate=0.0, rate_limit=0.0, latency=0.0, jitter=0.0, drop_rate=0.0)
     serve.add_argument(
         "--retry-after",
         type=retry_after,
@@ -42,16 +38,6 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         metavar="SECONDS|none|date",
         help="Retry-After of a 429 (default: 1)",
     )
-    serve.add_argument("--latency", type=number, default=0.0, metavar="SECONDS")
-    serve.add_argument("--jitter", type=number, default=0.0, metavar="SECONDS")
-    serve.add_argument(
-        "--drop-rate",
-        type=fraction,
-        default=0.0,
-        metavar="P",
-        help="share of connections closed without an answer",
-    )
-    serve.add_argument("--seed", type=int, default=None)
     serve.add_argument(
         "-v", "--verbose", action="count", default=0, help="one log line per request"
     )
@@ -94,14 +80,9 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         port=args.port,
         host=args.host,
-        fail_rate=args.fail_rate,
-        rate_limit=args.rate_limit or None,
         retry_after=args.retry_after,
-        latency=args.latency,
-        latency_jitter=args.jitter,
-        drop_rate=args.drop_rate,
-        seed=args.seed,
         on_request=log,
+        **fault_options(args),
     )
     try:
         px.start()

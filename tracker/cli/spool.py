@@ -7,11 +7,10 @@ import argparse
 from tracker.cli._common import (
     CliError,
     Command,
+    add_destination_options,
     add_key_options,
     api_key_from,
-    env_api_key,
     number,
-    rate,
     tracker_options,
 )
 
@@ -36,14 +35,7 @@ def add_arguments(spool: argparse.ArgumentParser) -> None:
     drain = actions.add_parser("drain", help="send what processes that are gone left in DIR")
     drain.add_argument("directory", metavar="DIR")
     add_key_options(drain)
-    drain.add_argument("--region", help="us, eu or us2 (else PX_REGION, else us)")
-    drain.add_argument("--base-url", metavar="URL", help="PX host to send to (else PX_BASE_URL)")
-    drain.add_argument(
-        "--rate-limit",
-        type=rate,
-        metavar="RPS",
-        help="client pacing in requests/s, 0 for none (else PX_RATE_LIMIT, else 200)",
-    )
+    add_destination_options(drain)
     drain.add_argument(
         "--timeout",
         type=number,
@@ -63,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "status":
         return _spool.status(args.directory, as_json=args.json)
     key = api_key_from(args, "spool")
-    if key is None and not env_api_key():
-        raise CliError("no API key: set PX_API_KEY, or pass --api-key-file PATH")
     options = tracker_options(args)
     return _spool.drain(args.directory, api_key=key, options=options, timeout=args.timeout)
 

@@ -218,25 +218,13 @@ class FakePX:
 
     def wait_for(self, n: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``n`` events were accepted; False after ``timeout``."""
-        deadline = time.monotonic() + timeout
         with self._arrived:
-            while len(self._events) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._arrived.wait(left)
-            return True
+            return self._arrived.wait_for(lambda: len(self._events) >= n, timeout)
 
     def wait_for_requests(self, n: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``n`` requests were answered (or dropped)."""
-        deadline = time.monotonic() + timeout
         with self._arrived:
-            while len(self._requests) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._arrived.wait(left)
-            return True
+            return self._arrived.wait_for(lambda: len(self._requests) >= n, timeout)
 
     def clear(self) -> None:
         """Forget recorded events and requests and pending scripted answers."""
