@@ -1,6 +1,6 @@
 """The host_app case's load generator, in its own process: a closed loop of N clients.
 
-    python -m benchmarks._load URL --clients N --duration S [--warmup S]
+    python -m benchmarks._load URL --clients N --duration S [--warmup S] [--stats PATH]
 
 Each client is a thread with one ``http.client`` connection that GETs ``URL`` again as
 soon as the previous answer is read (it keeps the connection alive whenever the server
@@ -8,7 +8,10 @@ allows; gunicorn's sync worker closes it after each answer, and the client then 
 new one, as a browser or a proxy would). After ``--warmup`` seconds of unmeasured load,
 the requests answered within the next ``--duration`` seconds are counted. Prints one JSON
 line: ``{"requests", "requests_per_s", "p50_ms", "p99_ms", "errors", "all_requests"}``
-(``all_requests``: answered with 200 in all, the warm-up and the tail included).
+(``all_requests``: answered with 200 in all, the warm-up and the tail included). With
+``--stats PATH``, one more client GETs PATH on the same server as the window opens and as
+it closes, and the two JSON answers come as ``stats_start`` and ``stats_end``: what the
+app did within the window (its CPU time, what its SDK delivered), not over the warm-up.
 """
 
 from __future__ import annotations
@@ -62,6 +65,18 @@ def _client(
     answered.append(total)
 
 
+def _stats_at(host: str, port: int, path: str, moments: list[float], out: list[object]) -> None:
+    """GET ``path`` at each of ``moments`` (perf_counter), the parsed answers into ``out``."""
+    for moment in moments:
+        time.sleep(max(0.0, moment - time.perf_counter()))
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            conn.request("GET", path)
+            out.append(json.loads(conn.getresponse().read()))
+        finally:
+            conn.close()
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -75,6 +90,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--stats", default=None, help="a path to GET as the window opens/closes")
     args = parser.parse_args(argv)
     parts = urlsplit(args.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -91,24 +107,27 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         for _ in range(args.clients)
     ]
+    stats: list[object] = []
+    if args.stats is not None:
+        threads.append(
+            threading.Thread(target=_stats_at, args=(host, port, args.stats, list(window), stats))
+        )
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     latencies.sort()
-    print(
-        json.dumps(
-            {
-                "requests": len(latencies),
-                "requests_per_s": len(latencies) / args.duration,
-                "p50_ms": _percentile(latencies, 0.50) * 1000,
-                "p99_ms": _percentile(latencies, 0.99) * 1000,
-                "errors": sum(errors),
-                "all_requests": sum(answered),
-            }
-        ),
-        flush=True,
-    )
+    report: dict[str, object] = {
+        "requests": len(latencies),
+        "requests_per_s": len(latencies) / args.duration,
+        "p50_ms": _percentile(latencies, 0.50) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "errors": sum(errors),
+        "all_requests": sum(answered),
+    }
+    if args.stats is not None:
+        report["stats_start"], report["stats_end"] = stats
+    print(json.dumps(report), flush=True)
     return 0
 
 

@@ -66,6 +66,7 @@ class Core:
         self.outcomes = Outcomes(config, warnings)
         self.transport = build_transport(config, USER_AGENT, config.workers + 2)
         self.sender = Sender(config, buffer, self.transport, self.outcomes)
+        self.sender.written = pacer.written
         self.pool = WorkerPool(buffer, self.sender, config.workers)
         buffer.overflow.may_block = self.pool.not_on_worker_thread
         self.started = False

@@ -265,6 +265,11 @@ class RedisPacer:
             if self._fallback is not None:
                 self._fallback.answered(now, sent_at)
 
+    def written(self, sent_at: float, at: float) -> None:
+        fallback = self._fallback  # the shared schedule spaces grants; local pacing, sends
+        if fallback is not None:
+            fallback.written(sent_at, at)
+
     def concurrency(self) -> int:
         fallback = self._fallback
         return (fallback or self._measure).concurrency()

@@ -9,7 +9,7 @@ import io
 import socket
 import ssl
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import requests
 import urllib3
@@ -22,7 +22,8 @@ from tracker import _green
 MAX_INTERIM = 16  # 1xx answers skipped before the final one, at most
 MAX_HEADER_LINES = 100
 
-# .deadline: time.monotonic() by which the answer must be in (per green thread, too)
+# .deadline: time.monotonic() by which the answer must be in; .written: called once the
+# request has left (per green thread, too)
 request_state = _green.ThreadLocal()
 
 
@@ -111,8 +112,13 @@ class _Response(http.client.HTTPResponse):
 def _read_timeout(connection: HTTPConnection) -> None:
     """Before urllib3's ``getresponse`` sets the socket's timeout (for every answer): set
     what it sets to the time left to the request's deadline, so the first read needs
-    no settimeout() of ours."""
-    deadline: Optional[float] = getattr(request_state.get(), "deadline", None)
+    no settimeout() of ours. The request has left by then: say so to who asked."""
+    state = request_state.get()
+    written: Optional[Callable[[], None]] = getattr(state, "written", None)
+    if written is not None:
+        state.written = None
+        written()
+    deadline: Optional[float] = getattr(state, "deadline", None)
     if deadline is not None:
         # Never 0 (a non-blocking socket); at or past the deadline, the reader raises.
         connection.timeout = max(deadline - time.monotonic(), DEADLINE_SLACK)

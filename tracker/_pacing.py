@@ -12,14 +12,22 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
   at the current rate, with bursts of ``BURST_SECONDS`` worth. A sender that starts late
   does not let the next one start early: a downstream leaky bucket sees what we planned.
   One at a time (no bursts), a request also waits for the interval after the server may
-  have seen the one before (up to its answer), so a slow answer does not make it early.
-- **Bursts**: none for the first ``BURST_WARMUP`` seconds (a backlog at start goes out
-  evenly); a 429 while bursting only stops bursts, for ``BURST_MEMORY`` seconds.
+  have seen the one before (up to its answer), so a slow answer does not make it early,
+  and after the one before actually left (its last byte written), so a sender that took
+  its slot and then waited for the GIL does not send the next two requests close
+  together.
+- **Bursts**: none for the first ``BURST_WARMUP`` of sending (a backlog at start goes
+  out evenly while the first answers tell the round trip and the senders grow), then up
+  to ``BURST_SECONDS`` worth, earned by idle time only: when bursts become allowed the
+  plan moves by the tolerance it gains, so senders that never stopped do not burst.
+  Any 429 stops bursts for ``BURST_MEMORY`` seconds; a 429 while bursting does no more
+  (the server may only tolerate smaller bursts than ours).
 - **429**: every sender pauses until Retry-After. A 429 to a request sent one at a time,
   planned after our last reaction and a second or more after the last decrease, is new
-  evidence about the rate: after a run of answers at that rate (``NEAR_SECONDS``' worth),
-  or the first time, the limit is near and the rate drops to ``DECREASE_NEAR`` of what it
-  was; refused at once, it is far and the rate drops to ``DECREASE``. Planning restarts
+  evidence about the rate: after ``NEAR_REQUESTS`` or more requests started at that rate
+  since the reaction, or the first time, the limit is near and the rate drops to
+  ``DECREASE_NEAR`` of what it was; refused at once, it is far and the rate drops to
+  ``DECREASE``. Planning restarts
   at the end of the pause with no burst credit, so the pause is not followed by a burst.
 - **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
   the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
@@ -39,18 +47,25 @@ from tracker._clock import Clock
 
 BURST_SECONDS = 0.05  # the largest burst, in seconds' worth of the rate
 DECREASE = 0.5  # the rate after a 429 soon after (re)starting, as a share of the rate before
-DECREASE_NEAR = 0.9  # the same after NEAR_SECONDS' worth of answers at that rate
-NEAR_SECONDS = 0.1
+DECREASE_NEAR = 0.9  # the same when the refused request was the NEAR_REQUESTS-th or later
+NEAR_REQUESTS = 5
 PLATEAU = 0.95  # fast recovery up to this share of the rate that drew the 429...
 FAST_RECOVERY = 0.2  # ...at this share of the ceiling per second,
 SLOW_RECOVERY = 0.001  # then slowly beyond it (0.2/s per second at 200/s), up to the ceiling
 MIN_RATE_SHARE = 0.01  # never below 1% of the ceiling
 DECREASE_EVERY = 1.0  # seconds: at most one decrease per second, since limits are per second
-BURST_WARMUP = 5.0  # seconds of sending before the first bursts
+BURST_WARMUP = 1.0  # seconds of sending before the first bursts
 BURST_MEMORY = 300.0  # seconds after a 429 to a burst before bursts are allowed again
 HEADROOM = 1.5  # requests in flight beyond what Little's law needs at the mean latency
 LATENCY_UP = 0.5  # EWMA weights: latency rises are followed fast, falls slowly
 LATENCY_DOWN = 0.1
+# Answers before the fastest round trip seen is trusted: the first ones carry a connection's
+# set-up and the host's start (2,000 track() calls holding the GIL), and an overestimate
+# would let the next request start early.
+TRUSTED_AFTER = 3
+RECENT_STARTS = 512  # slot times kept, for "how many started before the refused one"
+ACHIEVED_WINDOW = 0.25  # seconds of starts before a refused request: the rate refused...
+ACHIEVED_SHARE = 0.8  # ...unless below this share of the planned one (demand, not rate)
 
 
 class Pacer(Protocol):
@@ -67,6 +82,10 @@ class Pacer(Protocol):
 
     def answered(self, now: float, sent_at: float) -> None:
         """Any other answer to a request started at ``sent_at`` (its latency)."""
+
+    def written(self, sent_at: float, at: float) -> None:
+        """The request started at ``sent_at`` left at ``at`` (its last byte written).
+        Called on the sender's thread without the buffer's lock: it only records."""
 
     def concurrency(self) -> int:
         """How many requests should be in flight at most, now."""
@@ -99,13 +118,21 @@ class LocalPacer:
         self._paused_until = 0.0
         self._reacted_at = -math.inf  # the last reaction to a 429 (bursts or rate)
         self._recover_from = -math.inf
-        self._answers_since_reaction = 0
+        self._starts: deque[float] = deque(maxlen=RECENT_STARTS)  # when slots were taken
         self._decreased_at = -math.inf  # the last decrease, and the rates around it
         self._rate_after = rate_limit or 0.0
-        self._rate_before = rate_limit or 0.0
+        self._plateau = rate_limit or 0.0  # where the fast recovery ends
         self._latency: Optional[float] = None  # EWMA of seconds from start to answer
         self._min_latency = 0.0 if rate_limit is None else math.inf
+        self._answers = 0
         self._last_answer = -math.inf
+        # (started, written) of the request that left last, set by written() without the
+        # lock (one assignment), read by turn().
+        self._left: Optional[tuple[float, float]] = None
+        self._left_seen: Optional[tuple[float, float]] = None
+        self._writes = 0
+        self._last_write = -math.inf
+        self._min_write = math.inf  # the shortest time from a slot to the request leaving
 
     # -- the rate --------------------------------------------------------------------------
 
@@ -118,7 +145,7 @@ class LocalPacer:
         # Recovery starts when the pause that came with the decrease ends.
         since = max(0.0, now - self._recover_from)
         rate = self._rate_after
-        plateau = min(ceiling, PLATEAU * self._rate_before)
+        plateau = min(ceiling, self._plateau)
         fast = FAST_RECOVERY * ceiling * since
         if rate + fast <= plateau:
             return rate + fast
@@ -126,11 +153,16 @@ class LocalPacer:
         reached = max(0.0, plateau - rate) / (FAST_RECOVERY * ceiling)
         return min(ceiling, max(rate, plateau) + SLOW_RECOVERY * ceiling * (since - reached))
 
-    def _burst_now(self, now: float) -> int:
+    def _burst_now(self, now: float, interval: float) -> int:
         if self._burst < self._burst0:
             if self._bursts_from is None:
                 self._bursts_from = now + BURST_WARMUP
             if now >= self._bursts_from:
+                # Bursts are allowed from now on, but credit is earned by idle time, not
+                # granted: the tolerance grows and the plan moves by as much, so what
+                # was due goes out as before (after a warm-up with a backlog, or a pause
+                # that outlasted it) and only idle time since the last slot counts.
+                self._tat = max(now, self._tat + (self._burst0 - 1) * interval)
                 self._burst = self._burst0
         return self._burst
 
@@ -143,7 +175,7 @@ class LocalPacer:
         if rate is None:
             return 0.0
         interval = 1.0 / rate
-        tolerance = (self._burst_now(now) - 1) * interval
+        tolerance = (self._burst_now(now, interval) - 1) * interval
         tat = max(self._tat, now)
         wait = tat - tolerance - now
         if tolerance == 0.0:
@@ -151,45 +183,51 @@ class LocalPacer:
             # before it answered. A slow answer (a busy server) must not make the next
             # request look early to it. (The longer of the two waits: a sender woken for
             # the first would only find the second and sleep again.)
-            wait = max(wait, self._last_answer - self._min_latency + interval - now)
+            fastest = self._min_latency if self._answers >= TRUSTED_AFTER else 0.0
+            wait = max(wait, self._last_answer - fastest + interval - now)
+            # And the server saw it no earlier than it left: the next one leaves an
+            # interval after that (it takes at least the shortest slot-to-wire time).
+            left = self._left
+            if left is not self._left_seen:
+                self._left_seen = left
+                if left is not None:
+                    started, at = left
+                    self._writes += 1
+                    self._min_write = min(self._min_write, max(0.0, at - started))
+                    self._last_write = max(self._last_write, at)
+            soonest = self._min_write if self._writes >= TRUSTED_AFTER else 0.0
+            wait = max(wait, self._last_write - soonest + interval - now)
         if wait > 0:
             return wait
         self._tat = tat + interval
+        self._starts.append(now)
         return 0.0
 
     def paused_until(self) -> float:
         return self._paused_until
 
+    def written(self, sent_at: float, at: float) -> None:
+        self._left = (sent_at, at)
+
     def rate_limited(self, now: float, sent_at: float, pause: float) -> None:
         ceiling = self._ceiling
         # Evidence only from requests planned after our last reaction to a 429.
         if ceiling is not None and sent_at >= self._reacted_at:
-            if self._burst > 1:
-                # While bursting: the server tolerates smaller bursts than ours. Stop
-                # bursting first; the rate itself is not in question yet.
+            bursting = self._burst > 1
+            if self._burst0 > 1:
+                # No bursts for a while, whichever way we were sending: a server that
+                # refuses requests sent one at a time would refuse bursts too.
                 self._burst = 1
                 self._bursts_from = now + BURST_MEMORY
+            if bursting:
+                # While bursting: the server tolerates smaller bursts than ours. Stop
+                # bursting first; the rate itself is not in question yet.
                 self._reacted_at = now
-                self._answers_since_reaction = 0
             elif now - self._decreased_at >= DECREASE_EVERY:
                 # One at a time and still refused: the rate is too high. At most once a
                 # second, so that 429s unrelated to our rate cannot drive it down
                 # faster than it recovers.
-                before = self.rate(now) or ceiling
-                # Refused after a run of answers at this rate (a tenth of a second's
-                # worth), or for the first time at the configured ceiling (jitter at the
-                # documented limit): the limit is near, step down a little. Refused at
-                # once after a decrease: far, halve.
-                near = self._decreased_at == -math.inf or self._answers_since_reaction >= max(
-                    2.0, NEAR_SECONDS * before
-                )
-                self._rate_before = before
-                self._rate_after = max(
-                    MIN_RATE_SHARE * ceiling, (DECREASE_NEAR if near else DECREASE) * before
-                )
-                self._decreased_at = self._reacted_at = now
-                self._answers_since_reaction = 0
-                self._recover_from = max(self._paused_until, now + pause)
+                self._decrease(now, sent_at, pause, ceiling)
         self._last_answer = max(self._last_answer, now)
         self._paused_until = max(self._paused_until, now + pause)
         # Re-plan from the end of the pause with no burst credit: the slots that came due
@@ -198,12 +236,40 @@ class LocalPacer:
         if rate is not None:
             self._tat = max(self._tat, self._paused_until + (self._burst - 1) / rate)
 
+    def _decrease(self, now: float, sent_at: float, pause: float, ceiling: float) -> None:
+        before = self.rate(now) or ceiling
+        # Refused after a few requests at this rate went through (the refused one the
+        # NEAR_REQUESTS-th or later since our last reaction), or for the first time at
+        # the configured ceiling (jitter at the documented limit): the limit is near, step
+        # down a little. Refused at once after a reaction (a server well below our rate
+        # refuses the second request): far, halve. Requests started count, not answers:
+        # at a long round trip the first answers after a pause come a round trip late.
+        reacted = self._reacted_at
+        started = [t for t in self._starts if reacted <= t <= sent_at]
+        near = self._decreased_at == -math.inf or len(started) >= NEAR_REQUESTS
+        self._rate_after = max(
+            MIN_RATE_SHARE * ceiling, (DECREASE_NEAR if near else DECREASE) * before
+        )
+        # The fast recovery ends under the refused rate, and under the rate requests
+        # really started at, which the waits for answers and writes keep below the
+        # planned one one at a time (~0.93x at 100/s): refused at a planned 107/s by a
+        # server that admits 100, the plateau is under 100, not at 102. (Far lower, it
+        # was the demand that was lower, not the rate: then it says nothing.)
+        plateau = PLATEAU * before
+        recent = [t for t in started if t >= sent_at - ACHIEVED_WINDOW]
+        if len(recent) >= NEAR_REQUESTS and recent[-1] > recent[0]:
+            achieved = (len(recent) - 1) / (recent[-1] - recent[0])
+            if achieved >= ACHIEVED_SHARE * before:
+                plateau = min(plateau, achieved)
+        self._plateau = max(self._rate_after, plateau)
+        self._decreased_at = self._reacted_at = now
+        self._recover_from = max(self._paused_until, now + pause)
+
     def answered(self, now: float, sent_at: float) -> None:
         latency = max(0.0, now - sent_at)
+        self._answers += 1
         self._last_answer = max(self._last_answer, now)
         self._min_latency = min(self._min_latency, latency)
-        if sent_at >= self._reacted_at:
-            self._answers_since_reaction += 1
         previous = self._latency
         if previous is None:
             self._latency = latency

@@ -41,7 +41,10 @@ class Transport(Protocol):
     """Sends one event and says what came of it; thread-safe; never raises for what the
     server or the network did (that is a Result)."""
 
-    def send(self, event: CustomEvent) -> Result: ...
+    def send(self, event: CustomEvent, written: Optional[Callable[[], None]] = None) -> Result:
+        """``written`` is called once the request has left (its last byte written), before
+        the answer: the pacer spaces requests by when they left."""
+        ...
 
     def close(self) -> None: ...
 
@@ -219,7 +222,7 @@ class RequestsTransport:
             self._pool = pool
         return pool
 
-    def send(self, event: CustomEvent) -> Result:
+    def send(self, event: CustomEvent, written: Optional[Callable[[], None]] = None) -> Result:
         if ssl.SSLContext is not self._ssl_class:  # first send, or ssl patched since
             self._ssl_class = ssl.SSLContext
             if self._adapter.use_ssl_context(_green.ssl_context()):
@@ -229,6 +232,7 @@ class RequestsTransport:
         # The whole request, connect to last byte, ends within the timeout.
         state = request_state.get()
         state.deadline = time.monotonic() + self._timeout
+        state.written = written
         try:
             try:
                 response = self._connection_pool().urlopen(
@@ -279,7 +283,7 @@ class RequestsTransport:
             # bodies: the outcome is unknown or nothing was sent, so it may be retried.
             return Result(Kind.RETRY, None, describe(exc, secret))
         finally:
-            state.deadline = None
+            state.deadline = state.written = None
         return interpret(status, retry_after, answer, secret, self._clock.time())
 
     def _without_body(self, status: int, retry_after: Optional[str], exc: BaseException) -> Result:

@@ -56,6 +56,8 @@ class Sender:
         self._secret = config.api_key
         # Set by the worker pool: start one more sender (the round trip calls for it).
         self.grow: Callable[[], object] = lambda: None
+        # Set by the pipeline: the pacer's written(sent_at, at), told when a request left.
+        self.written: Callable[[float, float], None] = lambda sent_at, at: None
 
     def attempt(self, job: Job) -> Optional[float]:
         """Send once. Returns the delay before the next attempt, or None when the job is
@@ -66,7 +68,8 @@ class Sender:
         if not job.attempts:
             job.first_attempt = job.sent_at
         job.attempts += 1
-        result = self._transport.send(job.event)
+        sent_at, written, now = job.sent_at, self.written, self._clock.monotonic
+        result = self._transport.send(job.event, lambda: written(sent_at, now()))
         kind = result.kind
         if kind is Kind.DELIVERED:
             if buffer.answered(job, None):

@@ -233,18 +233,25 @@ def limiters(settings: Settings) -> list[Row]:
     def med(kind: Kind, rtt: int, key: str) -> float:
         return median([result[key] for result in cells[(kind.label, rtt)]])
 
+    # The goal is judged on the rate at the server (first to last accepted arrival: the
+    # pacing, its 429 pauses and its ramp included). The wall-clock rate also counts the
+    # wait for the first answer and the last one's round trip, which no pacing can spare:
+    # at 300 ms, 1,000 events at exactly 200/s take 5 s + 0.6 s (0.89x), 300 take 2.1 s
+    # (0.71x).
     table_rows = []
     for kind in kinds:
         for rtt in ROUND_TRIPS_MS:
             rate, share = med(kind, rtt, "events_per_s"), med(kind, rtt, "share_429_pct")
-            met = rate >= kind.rate_goal * LIMIT and share < kind.share_goal
+            sustained = med(kind, rtt, "sustained_per_s")
+            met = sustained >= kind.rate_goal * LIMIT and share < kind.share_goal
             table_rows.append(
                 [
                     kind.label,
                     f"{rtt} ms",
                     f"{rate:,.0f}",
                     f"{rate / LIMIT:.2f}x",
-                    f"{med(kind, rtt, 'sustained_per_s'):,.0f}",
+                    f"{sustained:,.0f}",
+                    f"{sustained / LIMIT:.2f}x",
                     f"{share:.2f} %",
                     f"{med(kind, rtt, 'peak_threads'):.0f}",
                     f"{med(kind, rtt, 'send_rate'):.0f}",
@@ -260,6 +267,7 @@ def limiters(settings: Settings) -> list[Row]:
             "events/s",
             "x limit",
             "sustained at the server",
+            "x limit (goal)",
             "429 share",
             "peak threads",
             "send_rate at end",
@@ -277,13 +285,13 @@ def limiters(settings: Settings) -> list[Row]:
     }
     rows: list[Row] = []
     for kind in kinds:
-        rates = [med(kind, rtt, "events_per_s") for rtt in ROUND_TRIPS_MS]
+        rates = [med(kind, rtt, "sustained_per_s") for rtt in ROUND_TRIPS_MS]
         shares = [med(kind, rtt, "share_429_pct") for rtt in ROUND_TRIPS_MS]
         worst_rtt = ROUND_TRIPS_MS[rates.index(min(rates))]
         rows.append(
             Row(
                 "limiters",
-                f"{kind.label}: events/s, worst round trip ({worst_rtt} ms)",
+                f"{kind.label}: events/s at the server, worst round trip ({worst_rtt} ms)",
                 "events/s",
                 [min(rates)],
                 baseline=f"limit {LIMIT}/s (constant)",
@@ -294,11 +302,12 @@ def limiters(settings: Settings) -> list[Row]:
                 explain=(
                     f"{n:,} events tracked at once then flush(), ours with default settings, "
                     f"{settings.limiter_reps} rep(s) per cell; unique events that reached "
-                    "FakePX / (first track() to flush() return), the slowest of the round "
-                    f"trips {', '.join(map(str, ROUND_TRIPS_MS))} ms (FakePX's latency; behind "
-                    "nginx, nginx proxies to FakePX with that latency and answers its own 429s "
-                    "at once). Every cell, with its sustained rate at the server (first to "
-                    "last accepted arrival), in the table below the main one"
+                    "FakePX, minus one, / (its first to its last accepted arrival), the "
+                    f"slowest of the round trips {', '.join(map(str, ROUND_TRIPS_MS))} ms "
+                    "(FakePX's latency; behind nginx, nginx proxies to FakePX with that "
+                    "latency and answers its own 429s at once). Every cell, with its "
+                    "wall-clock rate (first track() to flush() return, the first answer's "
+                    "wait and the last round trip included), in the table below the main one"
                 ),
             )
         )

@@ -75,7 +75,7 @@ class MockTransport:
         self.requests: list[MockRequest] = []
         self.closed = False
 
-    def send(self, event: CustomEvent) -> Result:
+    def send(self, event: CustomEvent, written: Optional[Callable[[], None]] = None) -> Result:
         clock = self._config.clock
         with self._lock:
             attempt = self._attempts[event.event_id] = self._attempts.get(event.event_id, 0) + 1
@@ -83,6 +83,8 @@ class MockTransport:
                 event, json.loads(encode(event)), dict(self._headers), clock.monotonic(), attempt
             )
             self.requests.append(request)
+        if written is not None:
+            written()  # it has "left"
         secret = self._config.api_key
         try:
             answer = self._handler(request)
