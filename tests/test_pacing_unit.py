@@ -150,6 +150,20 @@ class TestSlots:
         # Not before an interval after it left, less the shortest slot-to-wire time.
         assert pacer.turn(t + 0.1) == pytest.approx(t + 0.05 - 0.001 + 0.1 - (t + 0.1))
 
+    def test_every_departure_counts_in_whatever_order_it_is_told(self, clock: FakeClock) -> None:
+        # Two requests leave before the next turn; the one told last left first (its
+        # sender read the clock, then lost the GIL): the later departure still counts.
+        pacer = LocalPacer(rate_limit=10.0, workers=8)
+        t = clock.monotonic()
+        for _ in range(TRUSTED_AFTER):
+            assert pacer.turn(t) == 0.0
+            pacer.written(t, t + 0.001)
+            t += 0.001 + 0.1
+        assert pacer.turn(t) == 0.0
+        pacer.written(t, t + 0.05)
+        pacer.written(t - 0.1, t + 0.02)
+        assert pacer.turn(t + 0.1) == pytest.approx(t + 0.05 - 0.001 + 0.1 - (t + 0.1))
+
     def test_the_first_round_trips_are_not_trusted(self, clock: FakeClock) -> None:
         # The first answers carry a connection's set-up (and a host busy starting): the
         # server may have seen such a request just before its answer, not a fastest
@@ -287,8 +301,11 @@ class TestDecreaseAndRecovery:
         for _ in range(10):
             assert pacer.turn(clock.monotonic()) == 0.0
             clock.advance(0.05)
-        pacer.rate_limited(clock.monotonic(), clock.monotonic() - 0.05, pause=0.0)
-        assert pacer.rate(clock.monotonic()) == pytest.approx(DECREASE_NEAR * 100)
+        now = clock.monotonic()
+        pacer.rate_limited(now, now - 0.05, pause=0.0)
+        assert pacer.rate(now) == pytest.approx(DECREASE_NEAR * 100)
+        # The fast recovery climbs back to just under the planned 100/s, not to 20/s.
+        assert pacer.rate(now + 1.0) == pytest.approx(PLATEAU * 100, abs=0.5)
 
     def test_at_most_one_decrease_per_second(self, clock: FakeClock) -> None:
         pacer, twin = LocalPacer(rate_limit=100.0, workers=4), LocalPacer(100.0, 4)

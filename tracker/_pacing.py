@@ -1,10 +1,11 @@
 """When the next request may start: client-side pacing that learns the server's limit.
 
-A ``Pacer`` answers three questions for the senders of one tracker, under the buffer's lock
-(as ``Counters`` is): may a request start now (``turn``), what a 429 means for everyone
-(``rate_limited``), and how many requests should be in flight (``concurrency``). The
-in-process ``LocalPacer`` is the one implementation here; the fleet limiter (Redis) keeps
-the same state across processes behind the same interface.
+A ``Pacer`` answers three questions for the senders of one tracker, under the buffer's
+lock (as ``Counters`` is; ``written`` and ``refill`` are the calls made without it): may a
+request start now (``turn``), what a 429 means for everyone (``rate_limited``), and how
+many requests should be in flight (``concurrency``). The in-process ``LocalPacer`` is the
+one implementation here; the fleet limiter (Redis) keeps the same state across processes
+behind the same interface.
 
 Closed loop, because PX does not document its limiter's algorithm or burst:
 
@@ -69,7 +70,8 @@ ACHIEVED_SHARE = 0.8  # ...unless below this share of the planned one (demand, n
 
 
 class Pacer(Protocol):
-    """The pacing seam. Every method runs under the buffer's lock except ``refill``."""
+    """The pacing seam. Every method runs under the buffer's lock except ``refill`` and
+    ``written``."""
 
     def turn(self, now: float) -> float:
         """0.0 when a request may start now (the slot is taken), else seconds to wait."""
@@ -103,6 +105,28 @@ class Pacer(Protocol):
         """Blocking work outside the buffer's lock (a round trip to shared state)."""
 
 
+class _Earliest:
+    """When the server may have seen our last request, at the earliest: the latest of some
+    moments (answers, or requests leaving) less the shortest delay seen before one (a
+    round trip, or a slot-to-wire time), trusted from the ``TRUSTED_AFTER``-th sample on
+    (the first ones carry a connection's set-up and the host's start)."""
+
+    __slots__ = ("last", "samples", "shortest")
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+        self.samples = 0
+        self.shortest = math.inf
+
+    def add(self, started: float, at: float) -> None:
+        self.samples += 1
+        self.shortest = min(self.shortest, max(0.0, at - started))
+        self.last = max(self.last, at)
+
+    def moment(self) -> float:
+        return self.last - (self.shortest if self.samples >= TRUSTED_AFTER else 0.0)
+
+
 class LocalPacer:
     """The in-process pacer: see the module docstring."""
 
@@ -123,16 +147,11 @@ class LocalPacer:
         self._rate_after = rate_limit or 0.0
         self._plateau = rate_limit or 0.0  # where the fast recovery ends
         self._latency: Optional[float] = None  # EWMA of seconds from start to answer
-        self._min_latency = 0.0 if rate_limit is None else math.inf
-        self._answers = 0
-        self._last_answer = -math.inf
-        # (started, written) of the request that left last, set by written() without the
-        # lock (one assignment), read by turn().
-        self._left: Optional[tuple[float, float]] = None
-        self._left_seen: Optional[tuple[float, float]] = None
-        self._writes = 0
-        self._last_write = -math.inf
-        self._min_write = math.inf  # the shortest time from a slot to the request leaving
+        self._answered = _Earliest()  # from the answers (start to answer: round trips)
+        self._left = _Earliest()  # from the requests leaving (slot to last byte written)
+        # (started, written) of each request that left: appended by written() without the
+        # lock (deque.append is atomic), taken in turn(), so that no departure is lost.
+        self._departures: deque[tuple[float, float]] = deque()
 
     # -- the rate --------------------------------------------------------------------------
 
@@ -178,25 +197,18 @@ class LocalPacer:
         tolerance = (self._burst_now(now, interval) - 1) * interval
         tat = max(self._tat, now)
         wait = tat - tolerance - now
+        departures = self._departures
+        while departures:
+            self._left.add(*departures.popleft())
         if tolerance == 0.0:
             # One at a time: the server may have seen the last request as late as just
             # before it answered. A slow answer (a busy server) must not make the next
             # request look early to it. (The longer of the two waits: a sender woken for
             # the first would only find the second and sleep again.)
-            fastest = self._min_latency if self._answers >= TRUSTED_AFTER else 0.0
-            wait = max(wait, self._last_answer - fastest + interval - now)
             # And the server saw it no earlier than it left: the next one leaves an
             # interval after that (it takes at least the shortest slot-to-wire time).
-            left = self._left
-            if left is not self._left_seen:
-                self._left_seen = left
-                if left is not None:
-                    started, at = left
-                    self._writes += 1
-                    self._min_write = min(self._min_write, max(0.0, at - started))
-                    self._last_write = max(self._last_write, at)
-            soonest = self._min_write if self._writes >= TRUSTED_AFTER else 0.0
-            wait = max(wait, self._last_write - soonest + interval - now)
+            seen = max(self._answered.moment(), self._left.moment())
+            wait = max(wait, seen + interval - now)
         if wait > 0:
             return wait
         self._tat = tat + interval
@@ -207,7 +219,8 @@ class LocalPacer:
         return self._paused_until
 
     def written(self, sent_at: float, at: float) -> None:
-        self._left = (sent_at, at)
+        if self._ceiling is not None:  # unpaced, turn() never takes them
+            self._departures.append((sent_at, at))
 
     def rate_limited(self, now: float, sent_at: float, pause: float) -> None:
         ceiling = self._ceiling
@@ -228,7 +241,7 @@ class LocalPacer:
                 # second, so that 429s unrelated to our rate cannot drive it down
                 # faster than it recovers.
                 self._decrease(now, sent_at, pause, ceiling)
-        self._last_answer = max(self._last_answer, now)
+        self._answered.last = max(self._answered.last, now)
         self._paused_until = max(self._paused_until, now + pause)
         # Re-plan from the end of the pause with no burst credit: the slots that came due
         # during the pause must not all go out together when it ends.
@@ -267,9 +280,7 @@ class LocalPacer:
 
     def answered(self, now: float, sent_at: float) -> None:
         latency = max(0.0, now - sent_at)
-        self._answers += 1
-        self._last_answer = max(self._last_answer, now)
-        self._min_latency = min(self._min_latency, latency)
+        self._answered.add(sent_at, now)
         previous = self._latency
         if previous is None:
             self._latency = latency
