@@ -65,14 +65,23 @@ def _client(
     answered.append(total)
 
 
-def _stats_at(host: str, port: int, path: str, moments: list[float], out: list[object]) -> None:
-    """GET ``path`` at each of ``moments`` (perf_counter), the parsed answers into ``out``."""
+def _stats_at(
+    host: str, port: int, path: str, moments: list[float], out: list[dict[str, object]]
+) -> None:
+    """GET ``path`` at each of ``moments`` (perf_counter), the parsed answers into ``out``,
+    each with ``read_at``: when it was read (it may queue behind the clients' requests)."""
     for moment in moments:
         time.sleep(max(0.0, moment - time.perf_counter()))
         conn = http.client.HTTPConnection(host, port, timeout=30)
         try:
             conn.request("GET", path)
-            out.append(json.loads(conn.getresponse().read()))
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"GET {path}: HTTP {response.status}")
+            answer = json.loads(body)
+            answer["read_at"] = time.perf_counter()
+            out.append(answer)
         finally:
             conn.close()
 
@@ -107,7 +116,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         )
         for _ in range(args.clients)
     ]
-    stats: list[object] = []
+    stats: list[dict[str, object]] = []
     if args.stats is not None:
         threads.append(
             threading.Thread(target=_stats_at, args=(host, port, args.stats, list(window), stats))
@@ -126,6 +135,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "all_requests": sum(answered),
     }
     if args.stats is not None:
+        if len(stats) != 2:  # the thread's error is on stderr
+            print(f"the app's {args.stats} was not read twice", file=sys.stderr)
+            return 1
         report["stats_start"], report["stats_end"] = stats
     print(json.dumps(report), flush=True)
     return 0

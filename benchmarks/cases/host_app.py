@@ -142,7 +142,7 @@ def _serve(tracking: str, sink: ServerProcess, settings: Settings) -> dict[str, 
         # What ours delivered within the measured window: its sustained rate, the cost
         # of which the app's figures show.
         result["delivered_per_s"] = (after["delivered"] - before["delivered"]) / (
-            settings.host_seconds
+            after["read_at"] - before["read_at"]
         )
     return result
 
