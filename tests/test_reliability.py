@@ -106,6 +106,8 @@ class Round:
     threads: list[list[str]] = field(default_factory=list)
     handler_threads: list[int] = field(default_factory=list)
     traced_memory: int = 0
+    # What was traced at the measurement, to say where memory grew if it did.
+    snapshot: Optional[tracemalloc.Snapshot] = None
 
 
 @dataclass
@@ -136,11 +138,11 @@ SERVER_SIDE = [
 ]
 
 
-def client_side_memory() -> int:
+def client_side_memory() -> tuple[int, tracemalloc.Snapshot]:
     snapshot = tracemalloc.take_snapshot().filter_traces(
         [tracemalloc.Filter(False, pattern) for pattern in SERVER_SIDE]
     )
-    return sum(stat.size for stat in snapshot.statistics("filename"))
+    return sum(stat.size for stat in snapshot.statistics("filename")), snapshot
 
 
 def run_round(
@@ -183,7 +185,8 @@ def run_round(
     del requests, arrived, expected, ids
     px.clear()
     gc.collect()
-    result.traced_memory = client_side_memory() if result.traced else 0
+    if result.traced:
+        result.traced_memory, result.snapshot = client_side_memory()
     return result
 
 
@@ -303,7 +306,13 @@ class TestFaultSoak:
         _, warm, again = soak.rounds
         allowed = 32 * 1024 + 64 * again.tracked  # measured noise: a few KB
         growth = again.traced_memory - warm.traced_memory
-        assert growth < allowed, f"{growth} bytes more after another round (allowed {allowed})"
+        if growth >= allowed and again.snapshot is not None and warm.snapshot is not None:
+            where = "\n".join(map(str, again.snapshot.compare_to(warm.snapshot, "lineno")[:10]))
+        else:
+            where = ""
+        assert growth < allowed, (
+            f"{growth} bytes more after another round (allowed {allowed})\n{where}"
+        )
 
 
 # -- Retry-After, measured at the server ------------------------------------------------------
