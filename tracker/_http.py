@@ -132,12 +132,9 @@ class _Connection(HTTPConnection):
         return super().getresponse()
 
 
-class _TLSConnection(HTTPSConnection):
-    response_class = _Response
-
-    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
-        _read_timeout(self)
-        return super().getresponse()
+class _TLSConnection(_Connection, HTTPSConnection):
+    """urllib3's TLS connection with ours' answer handling (``_Connection`` comes first,
+    so its ``getresponse`` wraps HTTPSConnection's)."""
 
 
 class _Pool(HTTPConnectionPool):
