@@ -1,9 +1,11 @@
 """A raw-socket server on 127.0.0.1 for answers FakePX cannot give: bytes that are not
 HTTP, interim answers, bodies that drip, headers no parser accepts, TLS with a private CA.
 
-One request per connection, answered by the next scripted behaviour (then ``default``):
+One request per connection (``keep_alive=True``: as many as the client sends, until a
+behaviour other than ok, early_hints or bad_headers), answered by the next scripted
+behaviour (then ``default``):
 
-ok              201 with PX's body, then close
+ok              201 with PX's body, then close (kept open with ``keep_alive``)
 stall_silent    read the request, answer nothing until stopped (PX hangs)
 stall_mid_body  send a 503's headers and 1 byte of its 100-byte body, then nothing
 close_mid_body  send the same, then close the connection
@@ -52,6 +54,8 @@ class Seen:
     event_id: str
     key: str  # the X-APTRINSIC-API-KEY the request carried
     arrived_at: float  # time.monotonic() when the whole request was in
+    connection: int = 0  # which connection it came on: 1, 2, ... in order of accepting
+    head: bytes = b""  # the request line and header lines
 
 
 @attrs.define
@@ -69,9 +73,12 @@ class RawServer:
         script: list[str],
         default: str = "ok",
         tls: Optional[ssl.SSLContext] = None,
+        keep_alive: bool = False,
     ) -> None:
         self.script = list(script)
         self.default = default
+        self.keep_alive = keep_alive
+        self._connections = 0
         self.seen: list[Seen] = []
         self._tls = tls
         self._lock = threading.Lock()
@@ -110,18 +117,35 @@ class RawServer:
                 except (OSError, ssl.SSLError):
                     return  # the client refused our certificate
                 stack.enter_context(conn)
-            request = _read_request(conn)
-            if request is None:
-                return
             with self._lock:
-                behaviour = self.script.pop(0) if self.script else self.default
+                self._connections += 1
+                number = self._connections
+            while True:
+                request = _read_request(conn)
+                if request is None:
+                    return
+                with self._lock:
+                    behaviour = self.script.pop(0) if self.script else self.default
+                    try:
+                        event_id = str(json.loads(request.body).get("eventId", ""))
+                    except (ValueError, AttributeError):
+                        event_id = ""
+                    self.seen.append(
+                        Seen(
+                            behaviour,
+                            event_id,
+                            request.key,
+                            time.monotonic(),
+                            number,
+                            request.head,
+                        )
+                    )
                 try:
-                    event_id = str(json.loads(request.body).get("eventId", ""))
-                except (ValueError, AttributeError):
-                    event_id = ""
-                self.seen.append(Seen(behaviour, event_id, request.key, time.monotonic()))
-            with contextlib.suppress(OSError):
-                BEHAVIOURS[behaviour](self, conn, request)
+                    BEHAVIOURS[behaviour](self, conn, request)
+                except OSError:
+                    return
+                if not self.keep_alive or behaviour not in KEPT_OPEN:
+                    return
 
     def wait(self, seconds: Optional[float] = None) -> bool:
         """Wait until stopped (or ``seconds``); True when stopped."""
@@ -161,15 +185,14 @@ def _read_request(conn: socket.socket) -> Optional[Request]:
     return Request(head, body, key.group(1).decode("latin-1") if key else "")
 
 
-def _created(extra: bytes = b"") -> bytes:
-    return (
-        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n%s"
-        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (extra, len(CREATED), CREATED)
-    )
+def _created(server: RawServer, extra: bytes = b"") -> bytes:
+    close = b"" if server.keep_alive else b"Connection: close\r\n"
+    head = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n%s%s" % (extra, close)
+    return head + b"Content-Length: %d\r\n\r\n%s" % (len(CREATED), CREATED)
 
 
 def _ok(server: RawServer, conn: socket.socket, request: Request) -> None:
-    conn.sendall(_created())
+    conn.sendall(_created(server))
 
 
 def _stall_silent(server: RawServer, conn: socket.socket, request: Request) -> None:
@@ -191,7 +214,7 @@ def _not_http(server: RawServer, conn: socket.socket, request: Request) -> None:
 
 def _early_hints(server: RawServer, conn: socket.socket, request: Request) -> None:
     conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
-    conn.sendall(_created())
+    conn.sendall(_created(server))
 
 
 def _drip(server: RawServer, conn: socket.socket, request: Request, status: bytes) -> None:
@@ -216,7 +239,7 @@ def _bad_headers(server: RawServer, conn: socket.socket, request: Request) -> No
     # A line without a colon ends what the parser accepts: the rest is "unparsed data",
     # which urllib3 would log verbatim.
     key = request.key.encode("latin-1")
-    conn.sendall(_created(b"this line has no colon %s\r\nX-Echo: %s\r\n" % (key, key)))
+    conn.sendall(_created(server, b"this line has no colon %s\r\nX-Echo: %s\r\n" % (key, key)))
 
 
 Behaviour = Callable[[RawServer, socket.socket, Request], None]
@@ -235,6 +258,9 @@ BEHAVIOURS: dict[str, Behaviour] = {
     ),
     "bad_headers": _bad_headers,
 }
+
+
+KEPT_OPEN = {"ok", "early_hints", "bad_headers"}  # answers after which keep_alive goes on
 
 
 @pytest.fixture

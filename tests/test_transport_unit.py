@@ -12,8 +12,8 @@ from email.utils import formatdate
 import pytest
 
 from tracker import Tracker
+from tracker._answers import MAX_MESSAGE, describe, interpret, redact, server_message
 from tracker._retry import Kind
-from tracker._transport import MAX_MESSAGE, describe, interpret, redact, server_message
 from tracker.testing import FakeClock, px_error
 from tracker.testing._transport import Calls, MockRequest, MockResponse, mock_transport
 

@@ -12,9 +12,9 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+from tracker._answers import encode
 from tracker._event import CustomEvent
 from tracker._spool_files import Lock, Orphan, move_aside, remove_files
-from tracker._transport import encode
 
 if TYPE_CHECKING:
     from tracker._buffer import Buffer

@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
-import json
+import http.client
 import logging
-import re
 import socket
 import ssl
 import time
 from typing import Any, Callable, Optional, Protocol, cast
 from urllib.parse import urlsplit
 
-import attrs
 import requests
 import urllib3
+from urllib3.util import parse_url
 
-from tracker import _green
+from tracker import _green, _wire
+from tracker._answers import (
+    Result,
+    describe,
+    encode,
+    interpret,
+    is_certificate_error,
+)
 from tracker._config import Config, is_loopback
 from tracker._event import CustomEvent
-from tracker._http import Adapter, as_requests_error, request_state
+from tracker._http import FRESH, Adapter, as_requests_error, request_state
 from tracker._retry import Kind, classify, parse_retry_after
 
 logger = logging.getLogger("tracker")
 
 MAX_BODY = 64 * 1024  # read no more of any answer; PX's are a few hundred bytes
-MAX_MESSAGE = 300
-
-
-@attrs.frozen
-class Result:
-    """What one attempt came to; ``message`` is redacted and short."""
-
-    kind: Kind
-    status_code: Optional[int] = None
-    message: Optional[str] = None
-    retry_after: Optional[float] = None  # seconds, from a 429's Retry-After, uncapped
 
 
 class Transport(Protocol):
@@ -47,98 +42,6 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def encode(event: CustomEvent) -> bytes:
-    """The request body: compact JSON, UTF-8 (track() proved that it encodes)."""
-    return json.dumps(
-        event.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8")
-
-
-_SPACE = re.compile(r"\s+")
-_TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]*>", re.IGNORECASE | re.DOTALL)
-
-
-def redact(text: str, secret: str) -> str:
-    """``text`` on one line, without ``secret``, at most MAX_MESSAGE characters. Every
-    text that may carry a server's bytes (answers, exception messages) goes through here
-    before it is stored, logged or raised: a server may echo the key."""
-    if secret:
-        text = text.replace(secret, "***")
-    text = _SPACE.sub(" ", text).strip()
-    if secret:
-        # Collapsing whitespace can join a key split across lines.
-        text = text.replace(secret, "***")
-    if len(text) > MAX_MESSAGE:
-        text = text[: MAX_MESSAGE - 3] + "..."
-    return text
-
-
-def server_message(body: bytes, secret: str) -> Optional[str]:
-    """A short, single-line explanation from an error body in any of PX's shapes."""
-    if not body:
-        return None
-    text = body.decode("utf-8", errors="replace")
-    message: Optional[str] = None
-    try:
-        data: Any = json.loads(text)
-    except (ValueError, RecursionError):
-        data = None
-    if isinstance(data, dict):
-        error = data.get("externalapierror")
-        if isinstance(error, dict):
-            parts = [str(error.get("message") or error.get("status") or "")]
-            subs = error.get("subErrors")
-            for sub in subs if isinstance(subs, list) else ():
-                if isinstance(sub, dict) and sub.get("message"):
-                    parts.append(str(sub["message"]))
-            message = "; ".join(p for p in parts if p)
-        else:
-            for key in ("message", "error", "detail"):
-                if isinstance(data.get(key), str):
-                    message = data[key]
-                    break
-    if message is None:
-        message = _TAGS.sub(" ", text) if "<" in text else text
-    return redact(message, secret) or None
-
-
-def interpret(
-    status: int, retry_after: Optional[str], body: bytes, secret: str, now: float
-) -> Result:
-    """A complete answer as a Result: its status classified, a refusal's message
-    redacted, a 429's Retry-After read (``now``: the wall-clock time, for dates)."""
-    kind = classify(status)
-    if kind is Kind.DELIVERED:
-        return Result(kind, status)
-    message = server_message(body, secret)
-    if kind is Kind.RATE_LIMITED:
-        return Result(kind, status, message, parse_retry_after(retry_after, now))
-    return Result(kind, status, message)
-
-
-def describe(exc: BaseException, secret: str) -> str:
-    """An exception as a short redacted line: its type, and its text."""
-    text = redact(str(exc), secret)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _is_certificate_error(exc: BaseException) -> bool:
-    """Whether a verification failure is somewhere in the chain requests and urllib3
-    wrapped around it."""
-    pending: list[object] = [exc]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return True
-        pending += [current.__cause__, current.__context__, getattr(current, "reason", None)]
-        pending += current.args
-    return False
 
 
 class RequestsTransport:
@@ -189,18 +92,40 @@ class RequestsTransport:
             for name, value in template.headers.items()
             if name.lower() != "content-length"
         }
+        # PX's answers are a few hundred bytes: not worth a decompressor per answer.
+        self._headers["Accept-Encoding"] = "identity"
         self._template = template
         self._proxies: dict[str, str] = settings["proxies"]
         self._verify: Any = settings["verify"]
         self._cert: Any = settings["cert"]
         # The path, or the absolute URL through a plain-http proxy.
         self._url = adapter.request_url(template, self._proxies)
+        self._head = self._request_head(endpoint)
         self._retries = adapter.max_retries  # Retry(0, read=False): none
         self._timeouts = urllib3.Timeout(connect=config.timeout, read=config.timeout)
         self._adapter = adapter
         self._session = session
         self._pool: Optional[urllib3.HTTPConnectionPool] = None
         self._ssl_class: Optional[type] = None  # ssl.SSLContext as of the last send
+
+    def _request_head(self, endpoint: str) -> Optional[tuple[bytes, bytes]]:
+        """What every request on an open connection is made of, around its Content-Length
+        and its body, as http.client writes it through urllib3: the request line, Host
+        (without a default port), Content-Length, then our header lines. None when they
+        cannot be written as they are (the exchange is then urllib3's)."""
+        if not self._url.startswith("/"):
+            return None  # absolute form, through a plain-http proxy
+        url = parse_url(endpoint)
+        default = 443 if url.scheme == "https" else 80
+        host = url.host or ""
+        if url.port is not None and url.port != default:
+            host = f"{host}:{url.port}"
+        fields = "".join(f"{name}: {value}\r\n" for name, value in self._headers.items())
+        try:
+            before = f"POST {self._url} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")
+            return before, (fields + "\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            return None
 
     def _connection_pool(self) -> urllib3.HTTPConnectionPool:
         """The adapter's pool for the endpoint (through the proxy, if any), set up as
@@ -235,7 +160,20 @@ class RequestsTransport:
         state.written = written
         try:
             try:
-                response = self._connection_pool().urlopen(
+                pool = self._connection_pool()
+                conn = pool._get_conn()
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                mapped = as_requests_error(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            if getattr(conn, "sock", None) is not None and self._head is not None:
+                return self._reuse(pool, conn, body, written)
+            # A new connection (or one urllib3 found closed): urllib3 opens it (proxy
+            # tunnel, TLS) and makes the first request.
+            pool._put_conn(conn)
+            try:
+                response = pool.urlopen(
                     "POST",
                     self._url,
                     body=body,
@@ -269,7 +207,7 @@ class RequestsTransport:
                 response.close()
                 response.release_conn()
         except requests.exceptions.SSLError as exc:
-            if _is_certificate_error(exc):
+            if is_certificate_error(exc):
                 # Configuration, not weather: no retry will make the certificate valid.
                 return Result(
                     Kind.REJECTED,
@@ -285,6 +223,52 @@ class RequestsTransport:
         finally:
             state.deadline = state.written = None
         return interpret(status, retry_after, answer, secret, self._clock.time())
+
+    def _reuse(
+        self,
+        pool: urllib3.HTTPConnectionPool,
+        conn: Any,
+        body: bytes,
+        written: Optional[Callable[[], None]],
+    ) -> Result:
+        """The request on an open keep-alive connection, exchanged by ``_wire``; the
+        connection goes back to the pool, closed unless the answer left it reusable."""
+        before, after = self._head  # type: ignore[misc]  # not None: see send
+        request = b"%sContent-Length: %d\r\n%s%s" % (before, len(body), after, body)
+        reuse = False
+        try:
+            try:
+                reader, head = _wire.exchange(conn.sock, request, self._timeout, written)
+            except (OSError, http.client.HTTPException) as exc:
+                return Result(
+                    Kind.RETRY, None, describe(self._as_requests_error(exc), self._secret)
+                )
+            if head.malformed:
+                logger.debug("PX's answer (HTTP %d) had malformed header lines", head.status)
+            try:
+                answer, reuse = _wire.read_body(reader, head, MAX_BODY)
+            except (OSError, http.client.HTTPException) as exc:
+                return self._without_body(head.status, head.retry_after, exc)
+        finally:
+            if reuse:
+                conn.fresh_until = time.monotonic() + FRESH
+            else:
+                conn.close()
+            pool._put_conn(conn)
+        return interpret(head.status, head.retry_after, answer, self._secret, self._clock.time())
+
+    def _as_requests_error(self, exc: BaseException) -> Exception:
+        """What urllib3 and requests would have made of an exchange's error (the same
+        names in messages, whichever path the request took)."""
+        if isinstance(exc, socket.timeout):
+            return requests.exceptions.ReadTimeout(
+                f"Read timed out. (read timeout={self._timeout})"
+            )
+        if isinstance(exc, ssl.SSLError):
+            return requests.exceptions.SSLError(exc)
+        return requests.exceptions.ConnectionError(
+            urllib3.exceptions.ProtocolError("Connection aborted.", exc)
+        )
 
     def _without_body(self, status: int, retry_after: Optional[str], exc: BaseException) -> Result:
         """The status line came and the body did not: late (past the timeout), or broken

@@ -26,10 +26,10 @@ from typing import Any, Callable, Optional, Union
 import attrs
 
 from tracker import _transport
+from tracker._answers import Result, describe, encode, interpret
 from tracker._config import Config
 from tracker._event import CustomEvent
 from tracker._retry import Kind
-from tracker._transport import Result, describe, encode, interpret
 from tracker.testing._wire import API_KEY_HEADER
 
 
