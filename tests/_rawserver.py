@@ -16,6 +16,9 @@ drip_503        the same with a 503
 bad_zone_429    429 with a Retry-After HTTP-date whose zone offset is out of range
 overflow_zone_429  the same with an offset past a C int
 bad_headers     201 whose header block holds lines no parser accepts, echoing the key
+ok_then_stray   201 (connection kept), then 50 ms later a second 201 nobody asked for
+ok_then_close   201 (connection kept), then 50 ms later the server closes it
+rate_limited    429 with Retry-After: 0 (connection kept)
 
 Every answer is written by the server's own threads; the test never sleeps.
 """
@@ -78,6 +81,7 @@ class RawServer:
         self.script = list(script)
         self.default = default
         self.keep_alive = keep_alive
+        self.done = threading.Event()  # set once ok_then_stray/ok_then_close did the "then"
         self._connections = 0
         self.seen: list[Seen] = []
         self._tls = tls
@@ -242,6 +246,21 @@ def _bad_headers(server: RawServer, conn: socket.socket, request: Request) -> No
     conn.sendall(_created(server, b"this line has no colon %s\r\nX-Echo: %s\r\n" % (key, key)))
 
 
+def _ok_then(server: RawServer, conn: socket.socket, request: Request, stray: bool) -> None:
+    conn.sendall(_created(server))
+    if server.wait(0.05):
+        return
+    if stray:
+        conn.sendall(_created(server))
+    else:
+        conn.shutdown(socket.SHUT_RDWR)
+    server.done.set()
+
+
+def _rate_limited(server: RawServer, conn: socket.socket, request: Request) -> None:
+    conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n")
+
+
 Behaviour = Callable[[RawServer, socket.socket, Request], None]
 BEHAVIOURS: dict[str, Behaviour] = {
     "ok": _ok,
@@ -257,10 +276,19 @@ BEHAVIOURS: dict[str, Behaviour] = {
         s, c, r, BAD_ZONE_DATES["overflow_zone_429"]
     ),
     "bad_headers": _bad_headers,
+    "ok_then_stray": lambda s, c, r: _ok_then(s, c, r, stray=True),
+    "ok_then_close": lambda s, c, r: _ok_then(s, c, r, stray=False),
+    "rate_limited": _rate_limited,
 }
 
 
-KEPT_OPEN = {"ok", "early_hints", "bad_headers"}  # answers after which keep_alive goes on
+KEPT_OPEN = {
+    "ok",
+    "early_hints",
+    "bad_headers",
+    "ok_then_stray",
+    "rate_limited",
+}  # answers after which keep_alive goes on
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ no sockets, no real sleeps."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -81,6 +82,17 @@ class TestRedaction:
         assert text.startswith("ConnectionError: ")
         assert SECRET not in text
         assert describe(OSError(), SECRET) == "OSError"
+
+    @pytest.mark.parametrize("key", ["ab\\cd-1234", "ab'cd\"ef-1234", "it's-a-key"])
+    def test_a_key_escaped_inside_an_exception_repr_is_redacted(self, key: str) -> None:
+        # repr() of the line a server echoed doubles the key's backslashes and may
+        # escape its quotes: the key as written there must not survive either.
+        for line in (f"HELLO {key} x", f"HELLO {key} x'y\""):
+            exc = ConnectionError(("Connection aborted.", http.client.BadStatusLine(line)))
+            text = describe(exc, key)
+            assert "***" in text
+            assert "cd" not in text, text
+            assert "key" not in text, text
 
 
 class TestInterpret:

@@ -38,16 +38,26 @@ _SPACE = re.compile(r"\s+")
 _TAGS = re.compile(r"<(script|style)\b.*?</\1>|<[^>]*>", re.IGNORECASE | re.DOTALL)
 
 
+def _written_forms(secret: str) -> tuple[str, ...]:
+    """``secret`` as it may appear in a text: as it is, and as ``repr()`` writes it inside
+    an exception's message (``BadStatusLine('<the line>')``): backslashes doubled, a
+    quote escaped. Longest first, so no shorter form leaves part of a longer one."""
+    escaped = secret.replace("\\", "\\\\")
+    forms = {secret, escaped, escaped.replace("'", "\\'"), escaped.replace('"', '\\"')}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
 def redact(text: str, secret: str) -> str:
     """``text`` on one line, without ``secret``, at most MAX_MESSAGE characters. Every
     text that may carry a server's bytes (answers, exception messages) goes through here
     before it is stored, logged or raised: a server may echo the key."""
-    if secret:
-        text = text.replace(secret, "***")
+    forms = _written_forms(secret) if secret else ()
+    for form in forms:
+        text = text.replace(form, "***")
     text = _SPACE.sub(" ", text).strip()
-    if secret:
+    for form in forms:
         # Collapsing whitespace can join a key split across lines.
-        text = text.replace(secret, "***")
+        text = text.replace(form, "***")
     if len(text) > MAX_MESSAGE:
         text = text[: MAX_MESSAGE - 3] + "..."
     return text

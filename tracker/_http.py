@@ -124,21 +124,8 @@ def _read_timeout(connection: HTTPConnection) -> None:
         connection.timeout = max(deadline - time.monotonic(), DEADLINE_SLACK)
 
 
-#: For this long (seconds) after an answer that left its connection open, the connection
-#: is taken as open without asking the socket (a poll(), and a GIL hand-off, per request).
-#: Servers close idle connections after many seconds, and say so when they close sooner.
-FRESH = 1.0
-
-
 class _Connection(HTTPConnection):
     response_class = _Response
-    fresh_until = 0.0  # time.monotonic(): see FRESH
-
-    @property
-    def is_connected(self) -> bool:
-        if self.sock is not None and time.monotonic() < self.fresh_until:
-            return True
-        return super().is_connected
 
     def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
         _read_timeout(self)

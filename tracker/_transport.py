@@ -24,7 +24,7 @@ from tracker._answers import (
 )
 from tracker._config import Config, is_loopback
 from tracker._event import CustomEvent
-from tracker._http import FRESH, Adapter, as_requests_error, request_state
+from tracker._http import Adapter, as_requests_error, request_state
 from tracker._retry import Kind, classify, parse_retry_after
 
 logger = logging.getLogger("tracker")
@@ -117,7 +117,7 @@ class RequestsTransport:
             return None  # absolute form, through a plain-http proxy
         url = parse_url(endpoint)
         default = 443 if url.scheme == "https" else 80
-        host = url.host or ""
+        host = (url.host or "").rstrip(".")  # as urllib3 connects and names it
         if url.port is not None and url.port != default:
             host = f"{host}:{url.port}"
         fields = "".join(f"{name}: {value}\r\n" for name, value in self._headers.items())
@@ -159,19 +159,23 @@ class RequestsTransport:
         state.deadline = time.monotonic() + self._timeout
         state.written = written
         try:
+            head_parts = self._head
             try:
                 pool = self._connection_pool()
-                conn = pool._get_conn()
+                # urllib3 polls the connection it hands out: one closed meanwhile, or
+                # with bytes no request asked for, is closed here (not reused).
+                conn = None if head_parts is None else pool._get_conn()
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 mapped = as_requests_error(exc)
                 if mapped is exc:
                     raise
                 raise mapped from exc
-            if getattr(conn, "sock", None) is not None and self._head is not None:
-                return self._reuse(pool, conn, body, written)
-            # A new connection (or one urllib3 found closed): urllib3 opens it (proxy
-            # tunnel, TLS) and makes the first request.
-            pool._put_conn(conn)
+            if conn is not None and head_parts is not None:
+                if getattr(conn, "sock", None) is not None:
+                    return self._reuse(pool, conn, head_parts, body, written)
+                # A new connection (or one urllib3 found closed): urllib3 opens it
+                # (proxy tunnel, TLS) and makes the first request.
+                pool._put_conn(conn)
             try:
                 response = pool.urlopen(
                     "POST",
@@ -228,15 +232,16 @@ class RequestsTransport:
         self,
         pool: urllib3.HTTPConnectionPool,
         conn: Any,
+        head_parts: tuple[bytes, bytes],
         body: bytes,
         written: Optional[Callable[[], None]],
     ) -> Result:
         """The request on an open keep-alive connection, exchanged by ``_wire``; the
         connection goes back to the pool, closed unless the answer left it reusable."""
-        before, after = self._head  # type: ignore[misc]  # not None: see send
-        request = b"%sContent-Length: %d\r\n%s%s" % (before, len(body), after, body)
         reuse = False
         try:
+            before, after = head_parts
+            request = b"%sContent-Length: %d\r\n%s%s" % (before, len(body), after, body)
             try:
                 reader, head = _wire.exchange(conn.sock, request, self._timeout, written)
             except (OSError, http.client.HTTPException) as exc:
@@ -247,14 +252,18 @@ class RequestsTransport:
                 logger.debug("PX's answer (HTTP %d) had malformed header lines", head.status)
             try:
                 answer, reuse = _wire.read_body(reader, head, MAX_BODY)
-            except (OSError, http.client.HTTPException) as exc:
+            except socket.timeout as exc:
                 return self._without_body(head.status, head.retry_after, exc)
+            except (OSError, http.client.HTTPException) as exc:
+                # As urllib3 reports a body broken off.
+                broken = urllib3.exceptions.ProtocolError(f"Connection broken: {exc!r}", exc)
+                return self._without_body(head.status, head.retry_after, broken)
         finally:
-            if reuse:
-                conn.fresh_until = time.monotonic() + FRESH
-            else:
-                conn.close()
-            pool._put_conn(conn)
+            try:
+                if not reuse:
+                    conn.close()
+            finally:
+                pool._put_conn(conn)
         return interpret(head.status, head.retry_after, answer, self._secret, self._clock.time())
 
     def _as_requests_error(self, exc: BaseException) -> Exception:

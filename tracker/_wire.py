@@ -124,6 +124,8 @@ def _status(line: bytes) -> tuple[str, int]:
     if len(parts) < 2 or not parts[0].startswith("HTTP/"):
         raise http.client.BadStatusLine(text)
     version, code = parts[0], parts[1]
+    if not version.startswith("HTTP/1."):
+        raise http.client.UnknownProtocol(version)
     if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] == "0":
         raise http.client.BadStatusLine(text)
     return version, int(code)
@@ -141,9 +143,8 @@ def _fields(reader: Reader, head: Head) -> dict[str, str]:
             head.malformed = True  # an obsolete folded line: nothing we read continues
             continue
         name, colon, value = line.partition(b":")
-        name = name.strip()
         if not colon or not name or b" " in name or b"\t" in name:
-            head.malformed = True
+            head.malformed = True  # "Name : value" included: RFC 9112 5.1 refuses it
             continue
         key = str(name, "iso-8859-1").lower()
         text = str(value.strip(), "iso-8859-1")
@@ -156,7 +157,7 @@ def _fields(reader: Reader, head: Head) -> dict[str, str]:
 
 def read_head(reader: Reader) -> Head:
     """The final answer's head; interim (1xx) answers before it are skipped."""
-    for _ in range(MAX_INTERIM + 1):
+    for _ in range(MAX_INTERIM):
         line = reader.line()
         if not line:
             raise http.client.RemoteDisconnected("Remote end closed connection without response")
@@ -180,8 +181,10 @@ def read_head(reader: Reader) -> Head:
     elif "transfer-encoding" in fields:
         codings = [c.strip().lower() for c in fields["transfer-encoding"].split(",")]
         head.chunked = codings[-1] == "chunked"
-        if not head.chunked:
-            head.keep_alive = False  # framed by the end of the stream
+        if not head.chunked or "content-length" in fields:
+            # Framed by the end of the stream; or framed two ways, which RFC 9112 6.3
+            # reads as chunked and says to close after.
+            head.keep_alive = False
     else:
         lengths = {v.strip() for v in fields.get("content-length", "").split(",") if v.strip()}
         if len(lengths) == 1:
@@ -237,7 +240,10 @@ def read_body(reader: Reader, head: Head, limit: int) -> tuple[bytes, bool]:
     else:
         body, _ = reader.rest(limit)
         whole = False
-    reuse = whole and head.keep_alive and not reader.pending()
+    # Not when a line no parser takes may have held what framed the answer, nor when the
+    # stream ended (an answer cut at its head looks whole), nor with bytes past it.
+    reuse = whole and head.keep_alive and not head.malformed
+    reuse = reuse and not reader.eof and not reader.pending()
     return _decoded(body, head.encoding, limit), reuse
 
 
@@ -265,8 +271,14 @@ def exchange(
     deadline = time.monotonic() + timeout
     if sock.gettimeout() != timeout:
         sock.settimeout(timeout)
-    sock.sendall(request)
-    if written is not None:
-        written()
+    try:
+        sock.sendall(request)
+    except (BrokenPipeError, ConnectionResetError):
+        # As urllib3: a server may answer and close before reading the whole request
+        # (413, 401); its answer, when there is one, is read below.
+        pass
+    else:
+        if written is not None:
+            written()
     reader = Reader(sock, deadline)
     return reader, read_head(reader)
