@@ -478,3 +478,45 @@ def test_any_sequence_keeps_the_books_and_ends_settled(steps: list[str], overflo
     assert stats.pending == 0
     assert stats.delivered + stats.failed + stats.dropped == stats.tracked
     assert h.buffer.settled_below(h.buffer.mark())
+
+
+def test_a_worker_past_the_concurrency_is_not_woken_by_every_track() -> None:
+    # In a busy app track() runs hundreds of times a second. A worker that may not send
+    # (as many in flight as the round trip calls for) waits in take(); waking it for each
+    # admitted event only takes the GIL from the app: the worker that finishes takes the
+    # next job itself.
+    clock = FakeClock()
+    options = {"api_key": "k", "clock": clock, "rate_limit": None, "workers": 1}
+    config = Config.from_options(options, {})
+    buffer = Buffer(config, LocalPacer(None, 1), MemoryStore(config.max_queue_size))
+    buffer.admit(unit_event(0))
+    first, _ = buffer.take(None)  # the one allowed in flight
+    assert first is not None
+    taken: list[Optional[Job]] = []
+    idle = threading.Thread(target=lambda: taken.append(buffer.take(None)[0]))
+    idle.start()
+    assert wait_until(lambda: buffer._idle == 1)
+    wakes: list[int] = []
+    notify = buffer._work.notify
+    buffer._work.notify = lambda n=1: (wakes.append(n), notify(n))  # type: ignore[method-assign]
+    for i in range(1, 51):
+        buffer.admit(unit_event(i))
+    assert wakes == []  # nobody woken for nothing
+    second, _ = buffer.take(first)  # the sender that finished takes the next job itself
+    assert second is not None
+    buffer.stop()
+    idle.join(JOIN)
+    assert taken == [None]
+    # With room in flight, an admitted event wakes the idle worker.
+    clock2 = FakeClock()
+    config2 = Config.from_options({**options, "clock": clock2, "workers": 2}, {})
+    roomy = Buffer(config2, LocalPacer(None, 2), MemoryStore(config2.max_queue_size))
+    got: list[Optional[Job]] = []
+    waiter = threading.Thread(target=lambda: got.append(roomy.take(None)[0]))
+    waiter.start()
+    assert wait_until(lambda: roomy._idle == 1)
+    roomy.admit(unit_event(99))
+    waiter.join(JOIN)
+    assert got
+    assert got[0] is not None
+    roomy.stop()

@@ -78,7 +78,11 @@ class Buffer(Ledger):
     def _append(self, event: CustomEvent) -> None:
         self._store.push(event)
         self._jobs.appended += 1
-        if self._idle:
+        if self._idle and self._sending < self._pacer.concurrency():
+            # An idle worker may take it. Not otherwise: with as many in flight as the
+            # round trip calls for, a worker past that number waits in take(), and
+            # waking it for every track() (hundreds a second in a busy app) only took
+            # the GIL from the app; a worker that finishes takes the next job itself.
             self._work.notify()
         if self._draining:
             self._settled.notify_all()  # a caller draining on its own thread has work now
