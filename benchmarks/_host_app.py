@@ -1,8 +1,13 @@
 """The host_app case's WSGI app, run by gunicorn (one sync worker): ~1 ms of CPU and one
 tracked event per request, with the tracking SDK chosen by an environment variable.
 
-    PX_BENCH_TRACKING=none|ours|segment|posthog  PX_BENCH_SINK=http://127.0.0.1:PORT \
+    PX_BENCH_TRACKING=none|ours|segment|posthog|bare  PX_BENCH_SINK=http://127.0.0.1:PORT \
         gunicorn -w 1 -k sync benchmarks._host_app:app
+
+``bare`` is no SDK: one thread of the app POSTs an event to PX's path on the sink 200 times
+a second with ``http.client`` on one keep-alive connection, encoding each event and reading
+each answer, whatever the app does. About the least that sending one event per request at
+PX's rate can cost a process: the floor for any SDK that must do it.
 
 - ``/track``: spends ~1 ms of this thread's CPU, then tracks one event (nothing for
   ``none``) and answers 200.
@@ -52,7 +57,12 @@ def _setup() -> tuple[Callable[[], None], Callable[[], dict[str, Any]]]:
     if TRACKING == "ours":
         import tracker  # noqa: PLC0415 (only the variant that uses it imports it)
 
-        tracker.configure(api_key=KEY, product_key="AP-BENCH-1", base_url=SINK, flush_at_exit=False)
+        options: dict[str, Any] = {}
+        if os.environ.get("PX_BENCH_WORKERS"):  # experiments only: defaults are measured
+            options["workers"] = int(os.environ["PX_BENCH_WORKERS"])
+        tracker.configure(
+            api_key=KEY, product_key="AP-BENCH-1", base_url=SINK, flush_at_exit=False, **options
+        )
         track_event = tracker.track  # the module-level call, as an app makes it
 
         def track() -> None:
@@ -87,7 +97,39 @@ def _setup() -> tuple[Callable[[], None], Callable[[], dict[str, Any]]]:
             posthog.capture(EVENT, distinct_id=USER, properties=_attributes())
 
         return track, dict
-    raise SystemExit(f"PX_BENCH_TRACKING must be none, ours, segment or posthog, not {TRACKING!r}")
+    if TRACKING == "bare":
+        threading.Thread(target=_bare_sender, name="bare-sender", daemon=True).start()
+        return _no_tracking, dict
+    raise SystemExit(
+        f"PX_BENCH_TRACKING must be none, ours, segment, posthog or bare, not {TRACKING!r}"
+    )
+
+
+BARE_RATE = 200.0  # requests/s: PX's limit, what ours sustains in this benchmark
+
+
+def _bare_sender() -> None:
+    """The ``bare`` variant's sender: http.client, one keep-alive connection, paced by
+    sleeping until each request's time (none is made up after a late one)."""
+    import http.client  # noqa: PLC0415
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    url = urlsplit(SINK)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    headers = {"Content-Type": "application/json", "X-APTRINSIC-API-KEY": KEY}
+    interval = 1.0 / BARE_RATE
+    due = time.monotonic()
+    while True:
+        body = json.dumps(
+            {"identifyId": USER, "eventName": EVENT, "attributes": _attributes()},
+            separators=(",", ":"),
+        ).encode()
+        conn.request("POST", "/v1/events/custom", body=body, headers=headers)
+        conn.getresponse().read()
+        due = max(due + interval, time.monotonic() - interval)
+        wait = due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
 
 
 _track, _stats = _setup()

@@ -147,7 +147,13 @@ def _serve(tracking: str, sink: ServerProcess, settings: Settings) -> dict[str, 
     return result
 
 
-VARIANTS = {"none": "no tracking", "ours": "ours", "segment": "Segment", "posthog": "PostHog"}
+VARIANTS = {
+    "none": "no tracking",
+    "ours": "ours",
+    "segment": "Segment",
+    "posthog": "PostHog",
+    "bare": "bare sender",
+}
 
 
 def host_app(settings: Settings) -> list[Row]:
@@ -190,7 +196,9 @@ def host_app(settings: Settings) -> list[Row]:
         f"{settings.host_seconds:g} s after a {settings.host_warmup:g} s warm-up; every SDK "
         "with default options, sending to the loopback sink"
     )
-    peers_rps = ", ".join(of_none(v, "requests_per_s") for v in ("Segment", "PostHog"))
+    peers_rps = ", ".join(
+        of_none(v, "requests_per_s") for v in ("Segment", "PostHog", "bare sender")
+    )
     peers_p99 = ", ".join(of_none(v, "p99_ms") for v in ("Segment", "PostHog"))
     rows = [
         Row(
@@ -254,6 +262,24 @@ def host_app(settings: Settings) -> list[Row]:
                 variant in results,
             )
         )
+    rows.append(
+        Row(
+            "host_app",
+            "app requests/s",
+            "req/s",
+            column(results["ours"], "requests_per_s"),
+            baseline="bare sender (requests/s)",
+            baseline_samples=samples("bare sender", "requests_per_s"),
+            digits=0,
+            explain=(
+                "the same runs, ours against no SDK: one thread of the app POSTing an event "
+                "200 times a second with http.client on one keep-alive connection (encoding "
+                "each, reading each answer): about the least one request per event at PX's "
+                "rate can cost the app. Of no tracking: " + of_none("bare sender", "requests_per_s")
+            ),
+            extra=extra,
+        )
+    )
     for variant in ("Segment", "PostHog"):
         rows.append(
             peer_row(
