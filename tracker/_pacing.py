@@ -33,13 +33,8 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
 - **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
   the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
   probe past the real limit costs one pause; the slow phase keeps those rare.
-- **Concurrency** (Little's law): requests in flight = rate x round trip x ``HEADROOM``,
-  between 1 and the ``workers`` cap, so 200/s holds at any round trip. The round trip
-  followed is the shortest of the last ``LATENCY_WINDOW`` answers within
-  ``LATENCY_MEMORY`` (as an EWMA: rises fast, falls slowly): what the host adds to some
-  answers (a busy app holding the GIL while an answer waits to be read) is not the
-  server's, and more threads would only add to it. Sized on every answer's time, a
-  sender in a busy app ran 3 threads where one delivered the same 200/s.
+- **Concurrency** (Little's law): requests in flight = rate x measured latency x
+  ``HEADROOM``, between 1 and the ``workers`` cap, so 200/s holds at any round trip.
 """
 
 from __future__ import annotations
@@ -65,8 +60,6 @@ BURST_MEMORY = 300.0  # seconds after a 429 to a burst before bursts are allowed
 HEADROOM = 1.5  # requests in flight beyond what Little's law needs at the mean latency
 LATENCY_UP = 0.5  # EWMA weights: latency rises are followed fast, falls slowly
 LATENCY_DOWN = 0.1
-LATENCY_WINDOW = 32  # answers: the round trip is the shortest of the last ones...
-LATENCY_MEMORY = 1.0  # ...answered within this many seconds (a slower server shows soon)
 # Answers before the fastest round trip seen is trusted: the first ones carry a connection's
 # set-up and the host's start (2,000 track() calls holding the GIL), and an overestimate
 # would let the next request start early.
@@ -153,9 +146,7 @@ class LocalPacer:
         self._decreased_at = -math.inf  # the last decrease, and the rates around it
         self._rate_after = rate_limit or 0.0
         self._plateau = rate_limit or 0.0  # where the fast recovery ends
-        self._latency: Optional[float] = None  # EWMA of the round trip (see concurrency)
-        # (answered at, start to answer) of the last answers
-        self._recent: deque[tuple[float, float]] = deque(maxlen=LATENCY_WINDOW)
+        self._latency: Optional[float] = None  # EWMA of seconds from start to answer
         self._answered = _Earliest()  # from the answers (start to answer: round trips)
         self._left = _Earliest()  # from the requests leaving (slot to last byte written)
         # (started, written) of each request that left: appended by written() without the
@@ -288,11 +279,8 @@ class LocalPacer:
         self._recover_from = max(self._paused_until, now + pause)
 
     def answered(self, now: float, sent_at: float) -> None:
+        latency = max(0.0, now - sent_at)
         self._answered.add(sent_at, now)
-        recent = self._recent
-        recent.append((now, max(0.0, now - sent_at)))
-        since = now - LATENCY_MEMORY
-        latency = min(took for at, took in recent if at >= since)
         previous = self._latency
         if previous is None:
             self._latency = latency
