@@ -139,13 +139,9 @@ def test_a_kept_alive_connection_carries_the_same_request_head(
     assert "Accept-Encoding: identity" in first
 
 
-def test_bytes_nobody_asked_for_never_pass_for_the_next_answer(
-    raw_server: RawServers, exchanges: list[bytes]
-) -> None:
-    # A second 201 arrives 50 ms after the first event's answer; the next event is
-    # refused with a 429. Read as the next event's answer, the stray 201 would say
-    # "delivered" for an event PX refused.
-    server = raw_server(["ok_then_stray", "rate_limited"], keep_alive=True)
+def one_then_another(server: RawServer) -> tuple[Recorder, Any]:
+    """An event delivered, the server's "then" done (stray bytes sent, or the connection
+    closed), a second event flushed; what was recorded (in order) and the stats."""
     recorder = Recorder()
     with recorded_tracker(server.url, recorder, **FAST_RETRY) as t:
         first = t.track("u", "first")
@@ -155,6 +151,18 @@ def test_bytes_nobody_asked_for_never_pass_for_the_next_answer(
         assert t.flush(timeout=10)
         stats = t.stats()
     assert recorder.delivered == [first, second]
+    return recorder, stats
+
+
+def test_bytes_nobody_asked_for_never_pass_for_the_next_answer(
+    raw_server: RawServers, exchanges: list[bytes]
+) -> None:
+    # A second 201 arrives 50 ms after the first event's answer; the next event is
+    # refused with a 429. Read as the next event's answer, the stray 201 would say
+    # "delivered" for an event PX refused.
+    server = raw_server(["ok_then_stray", "rate_limited"], keep_alive=True)
+    recorder, stats = one_then_another(server)
+    assert len(recorder.delivered) == 2
     assert (stats.rate_limited, stats.retries, stats.delivered) == (1, 1, 2)
     assert [s.behaviour for s in server.seen] == ["ok_then_stray", "rate_limited", "ok"]
     # The connection with the stray bytes was let go; the 429 and the retry came on
@@ -166,15 +174,8 @@ def test_bytes_nobody_asked_for_never_pass_for_the_next_answer(
 
 def test_a_connection_the_server_closed_while_idle_costs_no_retry(raw_server: RawServers) -> None:
     server = raw_server(["ok_then_close"], keep_alive=True)
-    recorder = Recorder()
-    with recorded_tracker(server.url, recorder, **FAST_RETRY) as t:
-        first = t.track("u", "first")
-        assert t.flush(timeout=10)
-        assert server.done.wait(10)
-        second = t.track("u", "second")
-        assert t.flush(timeout=10)
-        stats = t.stats()
-    assert recorder.delivered == [first, second]
+    recorder, stats = one_then_another(server)
+    assert len(recorder.delivered) == 2
     assert (stats.retries, stats.delivered, recorder.errors) == (0, 2, [])
     assert server.seen[1].connection != server.seen[0].connection
 

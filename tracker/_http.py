@@ -33,6 +33,20 @@ request_state = _green.ThreadLocal()
 DEADLINE_SLACK = 0.001
 
 
+def shorten_timeout(sock: Any, deadline: float, timeout: Optional[float]) -> Optional[float]:
+    """Before a read that must end by ``deadline`` (time.monotonic()) on ``sock``, whose
+    timeout is ``timeout``: socket.timeout once the deadline has passed; else the socket's
+    timeout set to the time left when that is shorter by more than DEADLINE_SLACK. The
+    socket's timeout now."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("no complete answer within the timeout")
+    if timeout is None or left < timeout - DEADLINE_SLACK:
+        sock.settimeout(left)
+        return left
+    return timeout
+
+
 class _DeadlineReader(io.RawIOBase):
     """Socket reads that together end by a deadline: a server dripping its answer a byte
     at a time cannot hold a sender past ``timeout`` (a socket timeout is per read)."""
@@ -47,14 +61,8 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("no complete answer within the timeout")
-        timeout = self._timeout
-        if timeout is None or left < timeout - DEADLINE_SLACK:
-            # Left as it is afterwards: urllib3 sets it before every use of the socket.
-            self._sock.settimeout(left)
-            self._timeout = left
+        # Left as it is afterwards: urllib3 sets it before every use of the socket.
+        self._timeout = shorten_timeout(self._sock, self._deadline, self._timeout)
         return self._sock.recv_into(buffer)
 
 

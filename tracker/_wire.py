@@ -12,12 +12,11 @@ and at most ``limit`` bytes of the body."""
 from __future__ import annotations
 
 import http.client
-import socket
 import time
 import zlib
 from typing import Any, Callable, Optional
 
-from tracker._http import DEADLINE_SLACK, MAX_HEADER_LINES, MAX_INTERIM
+from tracker._http import MAX_HEADER_LINES, MAX_INTERIM, shorten_timeout
 
 MAX_LINE = 65536  # as http.client: a longer status or header line is refused
 RECV_SIZE = 16384
@@ -63,13 +62,7 @@ class Reader:
         """One more read; False at the end of the stream."""
         if self.eof:
             return False
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise socket.timeout("no complete answer within the timeout")
-        timeout = self._timeout
-        if timeout is None or left < timeout - DEADLINE_SLACK:
-            self._sock.settimeout(left)
-            self._timeout = left
+        self._timeout = shorten_timeout(self._sock, self._deadline, self._timeout)
         data = self._sock.recv(RECV_SIZE)
         if not data:
             self.eof = True

@@ -244,56 +244,37 @@ def host_app(settings: Settings) -> list[Row]:
             extra=extra,
         ),
     ]
-    for variant in ("Segment", "PostHog"):
-        rows.append(
-            peer_row(
-                Row(
-                    "host_app",
-                    "app requests/s",
-                    "req/s",
-                    column(results["ours"], "requests_per_s"),
-                    baseline=f"{variant} (requests/s)",
-                    baseline_samples=samples(variant, "requests_per_s"),
-                    goal=Goal(f"ours ahead of {variant} (>= 1.0x)", "ratio", ">=", 1.0),
-                    digits=0,
-                    explain="the same runs, ours against the peer",
-                    extra=extra,
-                ),
-                variant in results,
-            )
-        )
-    rows.append(
-        Row(
+
+    def against(variant: str, key: str, explain: str, goal: Optional[Goal] = None) -> Row:
+        """Ours against another variant of the same runs: requests/s or p99."""
+        requests = key == "requests_per_s"
+        return Row(
             "host_app",
-            "app requests/s",
-            "req/s",
-            column(results["ours"], "requests_per_s"),
-            baseline="bare sender (requests/s)",
-            baseline_samples=samples("bare sender", "requests_per_s"),
-            digits=0,
-            explain=(
-                "the same runs, ours against no SDK: one thread of the app POSTing an event "
-                "200 times a second with http.client on one keep-alive connection (encoding "
-                "each, reading each answer): about the least one request per event at PX's "
-                "rate can cost the app. Of no tracking: " + of_none("bare sender", "requests_per_s")
-            ),
+            "app requests/s" if requests else "app p99 latency",
+            "req/s" if requests else "ms",
+            column(results["ours"], key),
+            baseline=f"{variant} ({'requests/s' if requests else 'p99'})",
+            baseline_samples=samples(variant, key),
+            goal=goal,
+            digits=0 if requests else 2,
+            explain=explain,
             extra=extra,
+        )
+
+    peer = "the same runs, ours against the peer"
+    for variant in ("Segment", "PostHog"):
+        goal = Goal(f"ours ahead of {variant} (>= 1.0x)", "ratio", ">=", 1.0)
+        rows.append(peer_row(against(variant, "requests_per_s", peer, goal), variant in results))
+    rows.append(
+        against(
+            "bare sender",
+            "requests_per_s",
+            "the same runs, ours against no SDK: one thread of the app POSTing an event "
+            "200 times a second with http.client on one keep-alive connection (encoding "
+            "each, reading each answer): about the least one request per event at PX's "
+            "rate can cost the app. Of no tracking: " + of_none("bare sender", "requests_per_s"),
         )
     )
     for variant in ("Segment", "PostHog"):
-        rows.append(
-            peer_row(
-                Row(
-                    "host_app",
-                    "app p99 latency",
-                    "ms",
-                    column(results["ours"], "p99_ms"),
-                    baseline=f"{variant} (p99)",
-                    baseline_samples=samples(variant, "p99_ms"),
-                    explain="the same runs, ours against the peer",
-                    extra=extra,
-                ),
-                variant in results,
-            )
-        )
+        rows.append(peer_row(against(variant, "p99_ms", peer), variant in results))
     return rows
