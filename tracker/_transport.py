@@ -245,9 +245,7 @@ class RequestsTransport:
             try:
                 reader, head = _wire.exchange(conn.sock, request, self._timeout, written)
             except (OSError, http.client.HTTPException) as exc:
-                return Result(
-                    Kind.RETRY, None, describe(self._as_requests_error(exc), self._secret)
-                )
+                return Result(Kind.RETRY, None, describe(self._exchange_error(exc), self._secret))
             if head.malformed:
                 logger.debug("PX's answer (HTTP %d) had malformed header lines", head.status)
             try:
@@ -266,7 +264,7 @@ class RequestsTransport:
                 pool._put_conn(conn)
         return interpret(head.status, head.retry_after, answer, self._secret, self._clock.time())
 
-    def _as_requests_error(self, exc: BaseException) -> Exception:
+    def _exchange_error(self, exc: BaseException) -> Exception:
         """What urllib3 and requests would have made of an exchange's error (the same
         names in messages, whichever path the request took)."""
         if isinstance(exc, socket.timeout):
