@@ -7,7 +7,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import Any, Callable, Optional, Protocol, cast
+from typing import Any, Callable, NoReturn, Optional, Protocol, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -154,28 +154,50 @@ class RequestsTransport:
                 self._pool = None
         body = encode(event)
         secret = self._secret
-        # The whole request, connect to last byte, ends within the timeout.
-        state = request_state.get()
-        state.deadline = time.monotonic() + self._timeout
-        state.written = written
+        head_parts = self._head
         try:
-            head_parts = self._head
             try:
                 pool = self._connection_pool()
                 # urllib3 polls the connection it hands out: one closed meanwhile, or
                 # with bytes no request asked for, is closed here (not reused).
                 conn = None if head_parts is None else pool._get_conn()
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                mapped = as_requests_error(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
+                _raise_as_requests_error(exc)
             if conn is not None and head_parts is not None:
                 if getattr(conn, "sock", None) is not None:
                     return self._reuse(pool, conn, head_parts, body, written)
                 # A new connection (or one urllib3 found closed): urllib3 opens it
                 # (proxy tunnel, TLS) and makes the first request.
                 pool._put_conn(conn)
+            return self._through_urllib3(pool, body, written)
+        except requests.exceptions.SSLError as exc:
+            if is_certificate_error(exc):
+                # Configuration, not weather: no retry will make the certificate valid.
+                return Result(
+                    Kind.REJECTED,
+                    None,
+                    "TLS certificate verification failed (set ca_bundle= or "
+                    f"REQUESTS_CA_BUNDLE for a private CA): {describe(exc, secret)}",
+                )
+            return Result(Kind.RETRY, None, describe(exc, secret))
+        except requests.RequestException as exc:
+            # Connection refused/reset/closed, timeouts, bad status lines, broken chunked
+            # bodies: the outcome is unknown or nothing was sent, so it may be retried.
+            return Result(Kind.RETRY, None, describe(exc, secret))
+
+    def _through_urllib3(
+        self,
+        pool: urllib3.HTTPConnectionPool,
+        body: bytes,
+        written: Optional[Callable[[], None]],
+    ) -> Result:
+        """The request through urllib3's ``urlopen``, which opens the connection if it
+        must; its errors raised as requests' (see ``send``)."""
+        # The whole request, connect to last byte, ends within the timeout.
+        state = request_state.get()
+        state.deadline = time.monotonic() + self._timeout
+        state.written = written
+        try:
             try:
                 response = pool.urlopen(
                     "POST",
@@ -191,10 +213,7 @@ class RequestsTransport:
                     chunked=False,
                 )
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                mapped = as_requests_error(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
+                _raise_as_requests_error(exc)
             try:
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
@@ -210,23 +229,9 @@ class RequestsTransport:
                 # connection back already; one cut at MAX_BODY closes it.
                 response.close()
                 response.release_conn()
-        except requests.exceptions.SSLError as exc:
-            if is_certificate_error(exc):
-                # Configuration, not weather: no retry will make the certificate valid.
-                return Result(
-                    Kind.REJECTED,
-                    None,
-                    "TLS certificate verification failed (set ca_bundle= or "
-                    f"REQUESTS_CA_BUNDLE for a private CA): {describe(exc, secret)}",
-                )
-            return Result(Kind.RETRY, None, describe(exc, secret))
-        except requests.RequestException as exc:
-            # Connection refused/reset/closed, timeouts, bad status lines, broken chunked
-            # bodies: the outcome is unknown or nothing was sent, so it may be retried.
-            return Result(Kind.RETRY, None, describe(exc, secret))
         finally:
             state.deadline = state.written = None
-        return interpret(status, retry_after, answer, secret, self._clock.time())
+        return interpret(status, retry_after, answer, self._secret, self._clock.time())
 
     def _reuse(
         self,
@@ -297,6 +302,14 @@ class RequestsTransport:
     def close(self) -> None:
         self._pool = None
         self._session.close()
+
+
+def _raise_as_requests_error(exc: Exception) -> NoReturn:
+    """Raise what ``HTTPAdapter.send`` would have raised for what urllib3 raised."""
+    mapped = as_requests_error(exc)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
 
 
 TransportFactory = Callable[[Config, str, int], Transport]
