@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from tracker._concurrency import HEADROOM
 from tracker._pacing import (
     BURST_SECONDS,
     BURST_WARMUP,
@@ -15,7 +16,6 @@ from tracker._pacing import (
     DECREASE_EVERY,
     DECREASE_NEAR,
     FAST_RECOVERY,
-    HEADROOM,
     NEAR_REQUESTS,
     PLATEAU,
     TRUSTED_AFTER,

@@ -178,7 +178,10 @@ class Buffer(Ledger):
         """Wait for the pacer's slot and the end of any 429 pause. False when the job was
         abandoned meanwhile (shutdown): do not send it."""
         with self._lock:
-            if self._turns.wait(lambda: self._jobs.flying(job) and not self._stopping):
+            if self._turns.wait(
+                lambda: self._jobs.flying(job) and not self._stopping,
+                queued=len(self._store) > 0,
+            ):
                 job.sent_at = self._clock.monotonic()
                 return True
             return False

@@ -33,8 +33,10 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
 - **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
   the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
   probe past the real limit costs one pause; the slow phase keeps those rare.
-- **Concurrency** (Little's law): requests in flight = rate x measured latency x
-  ``HEADROOM``, between 1 and the ``workers`` cap, so 200/s holds at any round trip.
+- **Concurrency**: requests in flight between Little's law on the shortest recent and on
+  the mean round trip (with headroom, within the ``workers`` cap), set by slots that went
+  by with no sender free and by senders left waiting (``tracker._concurrency``), so 200/s
+  holds at any round trip with no more threads than it needs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from collections import deque
 from typing import Callable, Optional, Protocol
 
 from tracker._clock import Clock
+from tracker._concurrency import Concurrency
 
 BURST_SECONDS = 0.05  # the largest burst, in seconds' worth of the rate
 DECREASE = 0.5  # the rate after a 429 soon after (re)starting, as a share of the rate before
@@ -57,9 +60,6 @@ MIN_RATE_SHARE = 0.01  # never below 1% of the ceiling
 DECREASE_EVERY = 1.0  # seconds: at most one decrease per second, since limits are per second
 BURST_WARMUP = 1.0  # seconds of sending before the first bursts
 BURST_MEMORY = 300.0  # seconds after a 429 to a burst before bursts are allowed again
-HEADROOM = 1.5  # requests in flight beyond what Little's law needs at the mean latency
-LATENCY_UP = 0.5  # EWMA weights: latency rises are followed fast, falls slowly
-LATENCY_DOWN = 0.1
 # Answers before the fastest round trip seen is trusted: the first ones carry a connection's
 # set-up and the host's start (2,000 track() calls holding the GIL), and an overestimate
 # would let the next request start early.
@@ -75,6 +75,11 @@ class Pacer(Protocol):
 
     def turn(self, now: float) -> float:
         """0.0 when a request may start now (the slot is taken), else seconds to wait."""
+
+    def took(self, now: float, spare: int, starved: bool) -> None:
+        """The slot ``turn`` just gave was taken, with ``spare`` other senders still
+        waiting in line for one; ``starved``: none was waiting for it while events were
+        queued (the time since it came due was lost for want of a sender)."""
 
     def paused_until(self) -> float:
         """The monotonic time before which no request may start (0: not paused)."""
@@ -132,7 +137,6 @@ class LocalPacer:
 
     def __init__(self, rate_limit: Optional[float], workers: int) -> None:
         self._ceiling = rate_limit
-        self._cap = workers
         self._burst0 = 1 if rate_limit is None else max(1, round(BURST_SECONDS * rate_limit))
         # One at a time until BURST_WARMUP has passed without a 429: a backlog at start
         # goes out evenly, and only later idle time earns burst credit.
@@ -146,7 +150,8 @@ class LocalPacer:
         self._decreased_at = -math.inf  # the last decrease, and the rates around it
         self._rate_after = rate_limit or 0.0
         self._plateau = rate_limit or 0.0  # where the fast recovery ends
-        self._latency: Optional[float] = None  # EWMA of seconds from start to answer
+        self._senders = Concurrency(rate_limit, workers)
+        self._late = 0.0  # how long the slot turn() last gave had been due
         self._answered = _Earliest()  # from the answers (start to answer: round trips)
         self._left = _Earliest()  # from the requests leaving (slot to last byte written)
         # (started, written) of each request that left: appended by written() without the
@@ -195,8 +200,8 @@ class LocalPacer:
             return 0.0
         interval = 1.0 / rate
         tolerance = (self._burst_now(now, interval) - 1) * interval
-        tat = max(self._tat, now)
-        wait = tat - tolerance - now
+        due = self._tat  # past it, the time until a request starts is lost to the rate
+        wait = max(due, now) - tolerance - now
         departures = self._departures
         while departures:
             self._left.add(*departures.popleft())
@@ -208,12 +213,17 @@ class LocalPacer:
             # And the server saw it no earlier than it left: the next one leaves an
             # interval after that (it takes at least the shortest slot-to-wire time).
             seen = max(self._answered.moment(), self._left.moment())
-            wait = max(wait, seen + interval - now)
+            due = max(due, seen + interval)
+            wait = max(wait, due - now)
         if wait > 0:
             return wait
-        self._tat = tat + interval
+        self._late = max(0.0, now - due)
+        self._tat = max(self._tat, now) + interval
         self._starts.append(now)
         return 0.0
+
+    def took(self, now: float, spare: int, starved: bool) -> None:
+        self._senders.took(now, self._late if starved else 0.0, spare)
 
     def paused_until(self) -> float:
         return self._paused_until
@@ -248,6 +258,7 @@ class LocalPacer:
         rate = self.rate(now)
         if rate is not None:
             self._tat = max(self._tat, self._paused_until + (self._burst - 1) / rate)
+        self._senders.restart(self._paused_until)
 
     def _decrease(self, now: float, sent_at: float, pause: float, ceiling: float) -> None:
         before = self.rate(now) or ceiling
@@ -281,21 +292,10 @@ class LocalPacer:
     def answered(self, now: float, sent_at: float) -> None:
         latency = max(0.0, now - sent_at)
         self._answered.add(sent_at, now)
-        previous = self._latency
-        if previous is None:
-            self._latency = latency
-        else:
-            weight = LATENCY_UP if latency > previous else LATENCY_DOWN
-            self._latency = previous + weight * (latency - previous)
+        self._senders.answered(latency)
 
     def concurrency(self) -> int:
-        rate = self._ceiling  # what we may climb back to: size for it
-        latency = self._latency
-        if rate is None:
-            return self._cap
-        if latency is None:
-            return 1  # the first answer tells the round trip; until then, one at a time
-        return max(1, min(self._cap, math.ceil(rate * latency * HEADROOM)))
+        return self._senders.limit()
 
     def fallbacks(self) -> Optional[int]:
         return None
@@ -318,15 +318,21 @@ class Turns:
         self._pacer = pacer
         self._line: deque[threading.Condition] = deque()
 
-    def wait(self, wanted: Callable[[], bool]) -> bool:
-        """Wait for a slot while ``wanted()``; True when the slot is taken."""
+    def wait(self, wanted: Callable[[], bool], queued: bool) -> bool:
+        """Wait for a slot while ``wanted()``; True when the slot is taken. ``queued``:
+        other events were waiting when this sender came for one."""
         clock = self._clock
         pacer = self._pacer
         line = self._line
         if not wanted():
             return False
-        if not line and pacer.turn(clock.monotonic()) <= 0:
-            return True
+        if not line:
+            now = clock.monotonic()
+            if pacer.turn(now) <= 0:
+                # Nobody was waiting for this slot: with events queued, the time since
+                # it came due went by for want of a sender.
+                pacer.took(now, 0, queued)
+                return True
         me = threading.Condition(self._lock)
         line.append(me)
         try:
@@ -334,8 +340,10 @@ class Turns:
                 if line[0] is not me:
                     clock.wait(me, None)
                     continue
-                wait = pacer.turn(clock.monotonic())
+                now = clock.monotonic()
+                wait = pacer.turn(now)
                 if wait <= 0:
+                    pacer.took(now, len(line) - 1, False)
                     return True
                 if pacer.wants_refill():
                     self._lock.release()
