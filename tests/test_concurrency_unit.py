@@ -127,7 +127,9 @@ class TestThePacerReportsLostTime:
             if wait > 0:
                 t += wait + (0.004 if starved else 0.0)
                 continue
-            pacer.took(t, 0, starved)
+            # Starved: events waited from the start, nobody in line; else events came
+            # only as the slot was taken (idle time, not lost).
+            pacer.took(t, False, 0, 0.0 if starved else t)
             n += 1
             pacer.answered(t + (0.001 if n % 2 else 0.020), t)  # 1 ms, and GIL waits
             t += 0.0001
@@ -143,13 +145,13 @@ class _Recording:
 
     def __init__(self) -> None:
         self.open = False
-        self.took_calls: list[tuple[int, bool]] = []
+        self.took_calls: list[tuple[bool, int, float]] = []
 
     def turn(self, now: float) -> float:
         return 0.0 if self.open else 10.0
 
-    def took(self, now: float, spare: int, starved: bool) -> None:
-        self.took_calls.append((spare, starved))
+    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
+        self.took_calls.append((waited, spare, waiting_since))
 
     def wants_refill(self) -> bool:
         return False
@@ -162,11 +164,10 @@ class TestTurnsTellThePacer:
         lock = threading.Lock()
         turns = Turns(lock, Clock(), pacer)  # type: ignore[arg-type]
         with lock:
-            assert turns.wait(lambda: True, queued=True)
-            assert turns.wait(lambda: True, queued=False)
-        assert pacer.took_calls == [(0, True), (0, False)]
+            assert turns.wait(lambda: True, 12.5)
+        assert pacer.took_calls == [(False, 0, 12.5)]
 
-    def test_senders_in_line_are_spare_and_never_starved(self) -> None:
+    def test_senders_in_line_are_spare(self) -> None:
         pacer = _Recording()
         lock = threading.Lock()
         turns = Turns(lock, Clock(), pacer)  # type: ignore[arg-type]
@@ -174,7 +175,7 @@ class TestTurnsTellThePacer:
 
         def sender(i: int) -> None:
             with lock:
-                taken[i] = turns.wait(lambda: True, queued=True)
+                taken[i] = turns.wait(lambda: True, float(i))
 
         threads = [threading.Thread(target=sender, args=(i,)) for i in range(3)]
         for thread in threads:
@@ -190,4 +191,6 @@ class TestTurnsTellThePacer:
         for thread in threads:
             thread.join(10)
         assert taken == [True, True, True]
-        assert sorted(pacer.took_calls) == [(0, False), (1, False), (2, False)]
+        calls = pacer.took_calls
+        assert [(waited, spare) for waited, spare, _ in calls] == [(True, 2), (True, 1), (True, 0)]
+        assert sorted(since for _, _, since in calls) == [0.0, 1.0, 2.0]

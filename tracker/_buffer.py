@@ -76,6 +76,8 @@ class Buffer(Ledger):
         return self._store.has_room(self._pending())
 
     def _append(self, event: CustomEvent) -> None:
+        if not len(self._store):
+            self._waiting_since = self._clock.monotonic()
         self._store.push(event)
         self._jobs.appended += 1
         if self._idle and self._sending < self._pacer.concurrency():
@@ -103,7 +105,7 @@ class Buffer(Ledger):
     def _next_job(self, now: float, worker: bool) -> Optional[Job]:
         job = self._jobs.due(now, worker)
         if job is None and len(self._store):
-            job = self._jobs.start(self._store.pop(), worker)
+            job = self._jobs.start(self._store.pop(), worker, self._waiting_since)
         return job
 
     def take(self, finished: Optional[Job]) -> tuple[Optional[Job], bool]:
@@ -179,8 +181,7 @@ class Buffer(Ledger):
         abandoned meanwhile (shutdown): do not send it."""
         with self._lock:
             if self._turns.wait(
-                lambda: self._jobs.flying(job) and not self._stopping,
-                queued=len(self._store) > 0,
+                lambda: self._jobs.flying(job) and not self._stopping, job.waiting_since
             ):
                 job.sent_at = self._clock.monotonic()
                 return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 from typing import TYPE_CHECKING, Optional
 
@@ -32,6 +33,7 @@ class Job:
         "last_status",
         "sent_at",
         "seq",
+        "waiting_since",
         "worker",
     )
 
@@ -45,6 +47,10 @@ class Job:
         self.sent_at = 0.0  # when the last attempt started
         self.last_status: Optional[int] = None
         self.last_message: Optional[str] = None
+        # Since when events have waited for a sender, as of this one's taking: the store
+        # was never empty since then (for the pacer: time a slot went by unused while
+        # events waited is lost, not idle). A retry waited since it came due.
+        self.waiting_since = math.inf
 
 
 class Receipt:
@@ -92,14 +98,16 @@ class Jobs:
         delayed = self._delayed
         if not delayed or delayed[0][0] > now:
             return None
-        job = heapq.heappop(delayed)[2]
+        due, _, job = heapq.heappop(delayed)
+        job.waiting_since = due
         job.worker = worker
         self._in_flight.add(job)
         return job
 
-    def start(self, event: CustomEvent, worker: bool) -> Job:
+    def start(self, event: CustomEvent, worker: bool, waiting_since: float) -> Job:
         """An event just taken out of the store, put in flight."""
         job = Job(event, self.taken, worker)
+        job.waiting_since = waiting_since
         self.taken += 1
         self._in_flight.add(job)
         return job

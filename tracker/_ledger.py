@@ -41,6 +41,7 @@ class Ledger:
         self._turns = Turns(lock, clock, pacer)  # senders waiting for a slot
         self._idle = 0  # workers waiting in take()
         self._sending = 0  # jobs held by workers
+        self._waiting_since = 0.0  # when the store last went from empty to not (monotonic)
         self.threads = 0  # worker threads alive (kept by the pool, under the lock)
         self._flush_marks: list[int] = []  # of every flush() waiting, drainers included
         self._draining = 0

@@ -12,18 +12,21 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
 - **Slots**: a GCRA on the moments requests actually start (not when they were planned),
   at the current rate, with bursts of ``BURST_SECONDS`` worth. A sender that starts late
   does not let the next one start early: a downstream leaky bucket sees what we planned.
-  One at a time (no bursts), a request also waits for the interval after the server may
-  have seen the one before (up to its answer), so a slow answer does not make it early,
-  and after the one before actually left (its last byte written), so a sender that took
-  its slot and then waited for the GIL does not send the next two requests close
-  together.
+  One at a time (no bursts, or no credit for one), a request also waits for the
+  interval after the server may have seen the one before (up to its answer), so a slow
+  answer does not make it early, and after the one before actually left (its last byte
+  written), so a sender that took its slot and then waited for the GIL does not send
+  the next two requests close together.
 - **Bursts**: none for the first ``BURST_WARMUP`` of sending (a backlog at start goes
   out evenly while the first answers tell the round trip and the senders grow), then up
   to ``BURST_SECONDS`` worth, earned by idle time only: when bursts become allowed the
-  plan moves by the tolerance it gains, so senders that never stopped do not burst.
-  Any 429 stops bursts for ``BURST_MEMORY`` seconds; a 429 while bursting does no more
-  (the server may only tolerate smaller bursts than ours).
-- **429**: every sender pauses until Retry-After. A 429 to a request sent one at a time,
+  plan moves by the tolerance it gains, and time a slot went by while events waited
+  (for a sender, for one to wake, for an answer) moves the plan by as much, so a
+  backlog goes out evenly and a late start is never caught up by the next two (a
+  limiter without burst refuses them). Any 429 stops bursts for ``BURST_MEMORY``
+  seconds; a 429 to a request that went out in a burst (within an interval of the one
+  before) does no more (the server may only tolerate smaller bursts than ours).
+- **429**: every sender pauses until Retry-After. A 429 to a request sent spaced,
   planned after our last reaction and a second or more after the last decrease, is new
   evidence about the rate: after ``NEAR_REQUESTS`` or more requests started at that rate
   since the reaction, or the first time, the limit is near and the rate drops to
@@ -32,7 +35,10 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
   at the end of the pause with no burst credit, so the pause is not followed by a burst.
 - **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
   the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
-  probe past the real limit costs one pause; the slow phase keeps those rare.
+  probe past the real limit costs one pause; the slow phase keeps those rare. A server
+  that refuses evenly spaced requests has no burst to absorb our timing jitter (and
+  nginx's millisecond clock adds its own), so the steps leave ~15 % of margin: at 0.9
+  and 0.95 of the refused rate, nginx burst=0 refused again every second or two.
 - **Concurrency**: requests in flight between Little's law on the shortest recent and on
   the mean round trip (with headroom, within the ``workers`` cap), set by slots that went
   by with no sender free and by senders left waiting (``tracker._concurrency``), so 200/s
@@ -51,9 +57,10 @@ from tracker._concurrency import Concurrency
 
 BURST_SECONDS = 0.05  # the largest burst, in seconds' worth of the rate
 DECREASE = 0.5  # the rate after a 429 soon after (re)starting, as a share of the rate before
-DECREASE_NEAR = 0.9  # the same when the refused request was the NEAR_REQUESTS-th or later
+DECREASE_NEAR = 0.8  # the same when the refused request was the NEAR_REQUESTS-th or later
 NEAR_REQUESTS = 5
-PLATEAU = 0.95  # fast recovery up to this share of the rate that drew the 429...
+BURST_GAP = 0.9  # a request started within this share of an interval of the last: a burst
+PLATEAU = 0.85  # fast recovery up to this share of the rate that drew the 429...
 FAST_RECOVERY = 0.2  # ...at this share of the ceiling per second,
 SLOW_RECOVERY = 0.001  # then slowly beyond it (0.2/s per second at 200/s), up to the ceiling
 MIN_RATE_SHARE = 0.01  # never below 1% of the ceiling
@@ -76,10 +83,10 @@ class Pacer(Protocol):
     def turn(self, now: float) -> float:
         """0.0 when a request may start now (the slot is taken), else seconds to wait."""
 
-    def took(self, now: float, spare: int, starved: bool) -> None:
-        """The slot ``turn`` just gave was taken, with ``spare`` other senders still
-        waiting in line for one; ``starved``: none was waiting for it while events were
-        queued (the time since it came due was lost for want of a sender)."""
+    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
+        """The slot ``turn`` just gave was taken by a sender that ``waited`` in line for
+        it (else it came and found the slot due), with ``spare`` others still in line;
+        events had waited for a sender since ``waiting_since``."""
 
     def paused_until(self) -> float:
         """The monotonic time before which no request may start (0: not paused)."""
@@ -151,7 +158,8 @@ class LocalPacer:
         self._rate_after = rate_limit or 0.0
         self._plateau = rate_limit or 0.0  # where the fast recovery ends
         self._senders = Concurrency(rate_limit, workers)
-        self._late = 0.0  # how long the slot turn() last gave had been due
+        self._due = self._credit_from = self._tolerance = 0.0
+        self._took_at = -math.inf  # when a slot was last taken
         self._answered = _Earliest()  # from the answers (start to answer: round trips)
         self._left = _Earliest()  # from the requests leaving (slot to last byte written)
         # (started, written) of each request that left: appended by written() without the
@@ -200,13 +208,13 @@ class LocalPacer:
             return 0.0
         interval = 1.0 / rate
         tolerance = (self._burst_now(now, interval) - 1) * interval
-        due = self._tat  # past it, the time until a request starts is lost to the rate
-        wait = max(due, now) - tolerance - now
+        due = self._tat - tolerance  # the earliest this request may start (GCRA)
         departures = self._departures
         while departures:
             self._left.add(*departures.popleft())
-        if tolerance == 0.0:
-            # One at a time: the server may have seen the last request as late as just
+        if tolerance == 0.0 or self._tat - now > tolerance - interval:
+            # One at a time (no bursts allowed, or no credit for one: see took()).
+            # The server may have seen the last request as late as just
             # before it answered. A slow answer (a busy server) must not make the next
             # request look early to it. (The longer of the two waits: a sender woken for
             # the first would only find the second and sleep again.)
@@ -214,16 +222,34 @@ class LocalPacer:
             # interval after that (it takes at least the shortest slot-to-wire time).
             seen = max(self._answered.moment(), self._left.moment())
             due = max(due, seen + interval)
-            wait = max(wait, due - now)
-        if wait > 0:
-            return wait
-        self._late = max(0.0, now - due)
+        if due > now:
+            return due - now
+        # For took(): when the slot came due, and when burst credit began to build.
+        self._due, self._credit_from = due, self._tat - tolerance
+        self._tolerance = tolerance
         self._tat = max(self._tat, now) + interval
         self._starts.append(now)
         return 0.0
 
-    def took(self, now: float, spare: int, starved: bool) -> None:
-        self._senders.took(now, self._late if starved else 0.0, spare)
+    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
+        if self._ceiling is None:
+            return
+        # Time the slot went by while events waited: lost for want of a sender when
+        # none was in line for it (the concurrency's evidence), or to a sender that
+        # woke late (the GIL).
+        # Events waited since then, and time before the last slot is told already (in a
+        # burst, several slots are due at once).
+        since = max(waiting_since, self._took_at)
+        self._took_at = now
+        late = max(0.0, now - max(self._due, since))
+        self._senders.took(now, 0.0 if waited else late, spare)
+        # Burst credit is earned by idle time only: credit that built up while events
+        # waited (for a sender, for one to wake, or for an answer) lets no later request
+        # catch up, since a limiter without burst refuses two requests closer together
+        # than its rate. The plan moves on by that time, up to the tolerance.
+        busy = now - max(self._credit_from, since)
+        if busy > 0.0:
+            self._tat += min(self._tolerance, busy)
 
     def paused_until(self) -> float:
         return self._paused_until
@@ -236,7 +262,7 @@ class LocalPacer:
         ceiling = self._ceiling
         # Evidence only from requests planned after our last reaction to a 429.
         if ceiling is not None and sent_at >= self._reacted_at:
-            bursting = self._burst > 1
+            bursting = self._burst > 1 and self._in_burst(sent_at, ceiling)
             if self._burst0 > 1:
                 # No bursts for a while, whichever way we were sending: a server that
                 # refuses requests sent one at a time would refuse bursts too.
@@ -259,6 +285,13 @@ class LocalPacer:
         if rate is not None:
             self._tat = max(self._tat, self._paused_until + (self._burst - 1) / rate)
         self._senders.restart(self._paused_until)
+
+    def _in_burst(self, sent_at: float, ceiling: float) -> bool:
+        """The request started at ``sent_at`` spent burst credit: it started less than an
+        interval after the one before (its own start is the last one by then)."""
+        starts = [t for t in self._starts if t <= sent_at]
+        interval = 1.0 / (self.rate(sent_at) or ceiling)
+        return len(starts) >= 2 and starts[-1] - starts[-2] < BURST_GAP * interval
 
     def _decrease(self, now: float, sent_at: float, pause: float, ceiling: float) -> None:
         before = self.rate(now) or ceiling
@@ -318,9 +351,9 @@ class Turns:
         self._pacer = pacer
         self._line: deque[threading.Condition] = deque()
 
-    def wait(self, wanted: Callable[[], bool], queued: bool) -> bool:
-        """Wait for a slot while ``wanted()``; True when the slot is taken. ``queued``:
-        other events were waiting when this sender came for one."""
+    def wait(self, wanted: Callable[[], bool], waiting_since: float) -> bool:
+        """Wait for a slot while ``wanted()``; True when the slot is taken. Events have
+        waited for a sender since ``waiting_since`` (monotonic)."""
         clock = self._clock
         pacer = self._pacer
         line = self._line
@@ -329,9 +362,7 @@ class Turns:
         if not line:
             now = clock.monotonic()
             if pacer.turn(now) <= 0:
-                # Nobody was waiting for this slot: with events queued, the time since
-                # it came due went by for want of a sender.
-                pacer.took(now, 0, queued)
+                pacer.took(now, False, 0, waiting_since)  # nobody was waiting for it
                 return True
         me = threading.Condition(self._lock)
         line.append(me)
@@ -343,7 +374,7 @@ class Turns:
                 now = clock.monotonic()
                 wait = pacer.turn(now)
                 if wait <= 0:
-                    pacer.took(now, len(line) - 1, False)
+                    pacer.took(now, True, len(line) - 1, waiting_since)
                     return True
                 if pacer.wants_refill():
                     self._lock.release()
