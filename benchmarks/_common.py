@@ -79,8 +79,11 @@ class Settings:
     host_clients: int = 4
     cpu_events: int = 3_000  # cpu_per_event, unpaced
     cpu_paced_events: int = 400  # cpu_per_event at 200/s (2 s)
-    limiter_events: int = 1_000  # per cell of the limiters table
-    limiter_reps: int = 1  # 40 cells of ~5 s each: one repetition, whatever --reps says
+    # Per cell of the limiters table: as many as the closed-loop tests send. A limiter
+    # that has to be learned costs one 429 and its 1 s pause, whatever the cell's length:
+    # a fifth of a 5 s cell, a tenth of a 10 s one (and nothing, in an app that runs).
+    limiter_events: int = 2_000
+    limiter_reps: int = 1  # 40 cells of ~10 s each: one repetition, whatever --reps says
 
     @classmethod
     def full(cls, reps: Optional[int] = None) -> Settings:
