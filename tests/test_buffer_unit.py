@@ -520,3 +520,41 @@ def test_a_worker_past_the_concurrency_is_not_woken_by_every_track() -> None:
     assert got
     assert got[0] is not None
     roomy.stop()
+
+
+class _Growing(LocalPacer):
+    """Unpaced, one in flight until a slot is taken, then three (as when the pacer sees
+    slots go unserved while events wait)."""
+
+    def __init__(self) -> None:
+        super().__init__(None, 3)
+        self.limit = 1
+
+    def concurrency(self) -> int:
+        return self.limit
+
+    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
+        self.limit = 3
+
+
+def test_more_senders_wanted_at_a_slot_wakes_idle_workers() -> None:
+    # Workers past a smaller count wait in take() with no timeout; nothing else would
+    # wake them for a backlog already queued (no track() to come). The real clock: a
+    # fake one's waits end every half second.
+    config = Config.from_options({"api_key": "k", "workers": 3}, {})
+    buffer = Buffer(config, _Growing(), MemoryStore(config.max_queue_size))
+    for i in range(3):
+        buffer.admit(unit_event(i))
+    first, _ = buffer.take(None)
+    assert first is not None
+    taken: list[Optional[Job]] = []
+    idle = [threading.Thread(target=lambda: taken.append(buffer.take(None)[0])) for _ in "ab"]
+    for thread in idle:
+        thread.start()
+    assert wait_until(lambda: buffer._idle == 2)
+    assert buffer.await_turn(first)
+    for thread in idle:
+        thread.join(JOIN)
+    assert len(taken) == 2
+    assert all(job is not None for job in taken)
+    buffer.stop()

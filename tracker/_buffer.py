@@ -76,8 +76,7 @@ class Buffer(Ledger):
         return self._store.has_room(self._pending())
 
     def _append(self, event: CustomEvent) -> None:
-        if not len(self._store):
-            self._waiting_since = self._clock.monotonic()
+        self._note_waiting()
         self._store.push(event)
         self._jobs.appended += 1
         if self._idle and self._sending < self._pacer.concurrency():
@@ -180,10 +179,17 @@ class Buffer(Ledger):
         """Wait for the pacer's slot and the end of any 429 pause. False when the job was
         abandoned meanwhile (shutdown): do not send it."""
         with self._lock:
+            pacer = self._pacer
+            before = pacer.concurrency()
             if self._turns.wait(
                 lambda: self._jobs.flying(job) and not self._stopping, job.waiting_since
             ):
                 job.sent_at = self._clock.monotonic()
+                more = pacer.concurrency() - before
+                if more > 0 and self._idle:
+                    # The pacer saw too few senders: idle ones take the waiting events
+                    # (with none idle, the next take() asks for a thread).
+                    self._work.notify(more)
                 return True
             return False
 

@@ -50,6 +50,12 @@ class Ledger:
         self._retire_when_idle = False
         self._kept = 0  # left in a durable store at shutdown: still pending, on disk
 
+    def _note_waiting(self) -> None:
+        """Before a push: events wait from now if none did (the pacer's evidence)."""
+        store = self._store
+        if not (len(store) or store.backlog):
+            self._waiting_since = self._clock.monotonic()
+
     def _pending(self) -> int:
         store = self._store
         return len(store) + store.backlog + len(self._jobs) + self._kept
@@ -186,6 +192,7 @@ class Ledger:
     def adopt(self, events: list[CustomEvent]) -> None:
         """Queue events another process accepted (counted as ``recovered``)."""
         with self._lock:
+            self._note_waiting()
             for event in events:
                 self._store.push(event)
             self.counters.recovered += len(events)

@@ -12,27 +12,27 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
 - **Slots**: a GCRA on the moments requests actually start (not when they were planned),
   at the current rate, with bursts of ``BURST_SECONDS`` worth. A sender that starts late
   does not let the next one start early: a downstream leaky bucket sees what we planned.
-  One at a time (no bursts, or no credit for one), a request also waits for the
-  interval after the server may have seen the one before (up to its answer), so a slow
-  answer does not make it early, and after the one before actually left (its last byte
-  written), so a sender that took its slot and then waited for the GIL does not send
-  the next two requests close together.
+  One at a time (no bursts), a request also waits for the interval after the server may
+  have seen the one before (up to its answer), so a slow answer does not make it early,
+  and after the one before actually left (its last byte written), so a sender that took
+  its slot and then waited for the GIL does not send the next two requests close
+  together.
 - **Bursts**: none for the first ``BURST_WARMUP`` of sending (a backlog at start goes
   out evenly while the first answers tell the round trip and the senders grow), then up
   to ``BURST_SECONDS`` worth, earned by idle time only: when bursts become allowed the
-  plan moves by the tolerance it gains, and time a slot went by while events waited
-  (for a sender, for one to wake, for an answer) moves the plan by as much, so a
-  backlog goes out evenly and a late start is never caught up by the next two (a
-  limiter without burst refuses them). Any 429 stops bursts for ``BURST_MEMORY``
-  seconds; a 429 to a request that went out in a burst (within an interval of the one
-  before) does no more (the server may only tolerate smaller bursts than ours).
-- **429**: every sender pauses until Retry-After. A 429 to a request sent spaced,
-  planned after our last reaction and a second or more after the last decrease, is new
-  evidence about the rate: after ``NEAR_REQUESTS`` or more requests started at that rate
-  since the reaction, or the first time, the limit is near and the rate drops to
-  ``DECREASE_NEAR`` of what it was; refused at once, it is far and the rate drops to
-  ``DECREASE``. Planning restarts
-  at the end of the pause with no burst credit, so the pause is not followed by a burst.
+  plan moves by the tolerance it gains, so senders that never stopped do not burst. The
+  same credit lets a sender that took its slot late (the GIL, or no sender free) be
+  caught up by the next ones, which holds the rate in a busy host app. Any 429 stops
+  bursts (and so catching up) for ``BURST_MEMORY`` seconds; a 429 to a request in a
+  burst (or catching up) does no more: the server may only tolerate smaller bursts
+  than ours (at 1 ms of round trip one at a time then holds nginx burst=0's rate).
+- **429**: every sender pauses until Retry-After. A 429 to a request sent spaced (not
+  within an interval of the one before), planned after our last reaction and a second
+  or more after the last decrease, is new evidence about the rate: after
+  ``NEAR_REQUESTS`` or more requests started at that rate since the reaction, or the
+  first time, the limit is near and the rate drops to ``DECREASE_NEAR`` of what it was;
+  refused at once, it is far and the rate drops to ``DECREASE``. Planning restarts at
+  the end of the pause with no burst credit, so the pause is not followed by a burst.
 - **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
   the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
   probe past the real limit costs one pause; the slow phase keeps those rare. A server
@@ -40,9 +40,10 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
   nginx's millisecond clock adds its own), so the steps leave ~15 % of margin: at 0.9
   and 0.95 of the refused rate, nginx burst=0 refused again every second or two.
 - **Concurrency**: requests in flight between Little's law on the shortest recent and on
-  the mean round trip (with headroom, within the ``workers`` cap), set by slots that went
-  by with no sender free and by senders left waiting (``tracker._concurrency``), so 200/s
-  holds at any round trip with no more threads than it needs.
+  the mean round trip (with headroom, within the ``workers`` cap), set by shortfalls of
+  the planned rate while events wait and by senders left waiting in line
+  (``tracker._concurrency``), so 200/s holds at any round trip with no more threads
+  than it needs.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ class LocalPacer:
         self._rate_after = rate_limit or 0.0
         self._plateau = rate_limit or 0.0  # where the fast recovery ends
         self._senders = Concurrency(rate_limit, workers)
-        self._due = self._credit_from = self._tolerance = 0.0
-        self._took_at = -math.inf  # when a slot was last taken
+        self._granted = False  # turn() gave a slot that took() has not been told of
+        self._interval = 0.0  # the interval in effect at that slot
         self._answered = _Earliest()  # from the answers (start to answer: round trips)
         self._left = _Earliest()  # from the requests leaving (slot to last byte written)
         # (started, written) of each request that left: appended by written() without the
@@ -212,9 +213,8 @@ class LocalPacer:
         departures = self._departures
         while departures:
             self._left.add(*departures.popleft())
-        if tolerance == 0.0 or self._tat - now > tolerance - interval:
-            # One at a time (no bursts allowed, or no credit for one: see took()).
-            # The server may have seen the last request as late as just
+        if tolerance == 0.0:
+            # One at a time: the server may have seen the last request as late as just
             # before it answered. A slow answer (a busy server) must not make the next
             # request look early to it. (The longer of the two waits: a sender woken for
             # the first would only find the second and sleep again.)
@@ -224,32 +224,16 @@ class LocalPacer:
             due = max(due, seen + interval)
         if due > now:
             return due - now
-        # For took(): when the slot came due, and when burst credit began to build.
-        self._due, self._credit_from = due, self._tat - tolerance
-        self._tolerance = tolerance
+        self._granted, self._interval = True, interval  # for took()
         self._tat = max(self._tat, now) + interval
         self._starts.append(now)
         return 0.0
 
     def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
-        if self._ceiling is None:
+        if not self._granted:  # unpaced, or a slot another pacer gave (a fleet fallback)
             return
-        # Time the slot went by while events waited: lost for want of a sender when
-        # none was in line for it (the concurrency's evidence), or to a sender that
-        # woke late (the GIL).
-        # Events waited since then, and time before the last slot is told already (in a
-        # burst, several slots are due at once).
-        since = max(waiting_since, self._took_at)
-        self._took_at = now
-        late = max(0.0, now - max(self._due, since))
-        self._senders.took(now, 0.0 if waited else late, spare)
-        # Burst credit is earned by idle time only: credit that built up while events
-        # waited (for a sender, for one to wake, or for an answer) lets no later request
-        # catch up, since a limiter without burst refuses two requests closer together
-        # than its rate. The plan moves on by that time, up to the tolerance.
-        busy = now - max(self._credit_from, since)
-        if busy > 0.0:
-            self._tat += min(self._tolerance, busy)
+        self._granted = False
+        self._senders.took(now, self._interval, spare, waiting_since)
 
     def paused_until(self) -> float:
         return self._paused_until
@@ -287,8 +271,10 @@ class LocalPacer:
         self._senders.restart(self._paused_until)
 
     def _in_burst(self, sent_at: float, ceiling: float) -> bool:
-        """The request started at ``sent_at`` spent burst credit: it started less than an
-        interval after the one before (its own start is the last one by then)."""
+        """The request started at ``sent_at`` spent burst credit (earned by idle time, or
+        catching up on a slot taken late): it started less than an interval after the one
+        before (its own start is the last one by then). Refused, it says the server's
+        burst is smaller than ours; refused spaced, that our rate is too high."""
         starts = [t for t in self._starts if t <= sent_at]
         interval = 1.0 / (self.rate(sent_at) or ceiling)
         return len(starts) >= 2 and starts[-1] - starts[-2] < BURST_GAP * interval
