@@ -23,16 +23,16 @@ Closed loop, because PX does not document its limiter's algorithm or burst:
   plan moves by the tolerance it gains, so senders that never stopped do not burst. The
   same credit lets a sender that took its slot late (the GIL, or no sender free) be
   caught up by the next ones, which holds the rate in a busy host app. Any 429 stops
-  bursts (and so catching up) for ``BURST_MEMORY`` seconds; a 429 to a request in a
-  burst (or catching up) does no more: the server may only tolerate smaller bursts
-  than ours (at 1 ms of round trip one at a time then holds nginx burst=0's rate).
-- **429**: every sender pauses until Retry-After. A 429 to a request sent spaced (not
-  within an interval of the one before), planned after our last reaction and a second
-  or more after the last decrease, is new evidence about the rate: after
-  ``NEAR_REQUESTS`` or more requests started at that rate since the reaction, or the
-  first time, the limit is near and the rate drops to ``DECREASE_NEAR`` of what it was;
-  refused at once, it is far and the rate drops to ``DECREASE``. Planning restarts at
-  the end of the pause with no burst credit, so the pause is not followed by a burst.
+  bursts (and so catching up) for ``BURST_MEMORY`` seconds; a 429 while bursts were
+  allowed does no more: the server may only tolerate smaller bursts than ours (at 1 ms
+  of round trip, one at a time then holds nginx burst=0's rate).
+- **429**: every sender pauses until Retry-After. A 429 to a request sent one at a time,
+  planned after our last reaction and a second or more after the last decrease, is new
+  evidence about the rate: after ``NEAR_REQUESTS`` or more requests started at that
+  rate since the reaction, or the first time, the limit is near and the rate drops to
+  ``DECREASE_NEAR`` of what it was; refused at once, it is far and the rate drops to
+  ``DECREASE``. Planning restarts at the end of the pause with no burst credit, so the
+  pause is not followed by a burst.
 - **Probing**: then the rate climbs back, quickly to ``PLATEAU`` of the rate that drew
   the 429, slowly beyond it, up to ``rate_limit`` (the ceiling, never exceeded). Each
   probe past the real limit costs one pause; the slow phase keeps those rare. A server
@@ -60,7 +60,6 @@ BURST_SECONDS = 0.05  # the largest burst, in seconds' worth of the rate
 DECREASE = 0.5  # the rate after a 429 soon after (re)starting, as a share of the rate before
 DECREASE_NEAR = 0.8  # the same when the refused request was the NEAR_REQUESTS-th or later
 NEAR_REQUESTS = 5
-BURST_GAP = 0.9  # a request started within this share of an interval of the last: a burst
 PLATEAU = 0.85  # fast recovery up to this share of the rate that drew the 429...
 FAST_RECOVERY = 0.2  # ...at this share of the ceiling per second,
 SLOW_RECOVERY = 0.001  # then slowly beyond it (0.2/s per second at 200/s), up to the ceiling
@@ -246,7 +245,7 @@ class LocalPacer:
         ceiling = self._ceiling
         # Evidence only from requests planned after our last reaction to a 429.
         if ceiling is not None and sent_at >= self._reacted_at:
-            bursting = self._burst > 1 and self._in_burst(sent_at, ceiling)
+            bursting = self._burst > 1
             if self._burst0 > 1:
                 # No bursts for a while, whichever way we were sending: a server that
                 # refuses requests sent one at a time would refuse bursts too.
@@ -269,15 +268,6 @@ class LocalPacer:
         if rate is not None:
             self._tat = max(self._tat, self._paused_until + (self._burst - 1) / rate)
         self._senders.restart(self._paused_until)
-
-    def _in_burst(self, sent_at: float, ceiling: float) -> bool:
-        """The request started at ``sent_at`` spent burst credit (earned by idle time, or
-        catching up on a slot taken late): it started less than an interval after the one
-        before (its own start is the last one by then). Refused, it says the server's
-        burst is smaller than ours; refused spaced, that our rate is too high."""
-        starts = [t for t in self._starts if t <= sent_at]
-        interval = 1.0 / (self.rate(sent_at) or ceiling)
-        return len(starts) >= 2 and starts[-1] - starts[-2] < BURST_GAP * interval
 
     def _decrease(self, now: float, sent_at: float, pause: float, ceiling: float) -> None:
         before = self.rate(now) or ceiling
