@@ -533,7 +533,7 @@ class _Growing(LocalPacer):
     def concurrency(self) -> int:
         return self.limit
 
-    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
+    def took(self, now: float, spare: int, waiting_since: float) -> None:
         self.limit = 3
 
 

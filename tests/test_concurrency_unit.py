@@ -155,7 +155,7 @@ class TestThePacerReportsShortfalls:
             if wait > 0:
                 t += wait
                 continue
-            pacer.took(t, False, 0, 0.0 if backlog else t)
+            pacer.took(t, 0, 0.0 if backlog else t)
             n += 1
             busy = 0.001 if n % 2 else 0.015
             pacer.answered(t + busy, t)
@@ -172,13 +172,13 @@ class _Recording:
 
     def __init__(self) -> None:
         self.open = False
-        self.took_calls: list[tuple[bool, int, float]] = []
+        self.took_calls: list[tuple[int, float]] = []
 
     def turn(self, now: float) -> float:
         return 0.0 if self.open else 10.0
 
-    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
-        self.took_calls.append((waited, spare, waiting_since))
+    def took(self, now: float, spare: int, waiting_since: float) -> None:
+        self.took_calls.append((spare, waiting_since))
 
     def wants_refill(self) -> bool:
         return False
@@ -192,7 +192,7 @@ class TestTurnsTellThePacer:
         turns = Turns(lock, Clock(), pacer)  # type: ignore[arg-type]
         with lock:
             assert turns.wait(lambda: True, 12.5)
-        assert pacer.took_calls == [(False, 0, 12.5)]
+        assert pacer.took_calls == [(0, 12.5)]
 
     def test_senders_in_line_are_spare(self) -> None:
         pacer = _Recording()
@@ -219,5 +219,5 @@ class TestTurnsTellThePacer:
             thread.join(10)
         assert taken == [True, True, True]
         calls = pacer.took_calls
-        assert [(waited, spare) for waited, spare, _ in calls] == [(True, 2), (True, 1), (True, 0)]
-        assert sorted(since for _, _, since in calls) == [0.0, 1.0, 2.0]
+        assert [spare for spare, _ in calls] == [2, 1, 0]
+        assert sorted(since for _, since in calls) == [0.0, 1.0, 2.0]

@@ -244,13 +244,13 @@ class RedisPacer:
                 self._due = True
             return self._interval
 
-    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
+    def took(self, now: float, spare: int, waiting_since: float) -> None:
         # The shared schedule's grants are not the senders' to judge: the count stays
         # at Little's law on the mean round trip, unless pacing locally.
         with self._lock:
             fallback = self._fallback
         if fallback is not None:
-            fallback.took(now, waited, spare, waiting_since)
+            fallback.took(now, spare, waiting_since)
 
     def paused_until(self) -> float:
         with self._lock:

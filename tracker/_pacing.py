@@ -83,10 +83,9 @@ class Pacer(Protocol):
     def turn(self, now: float) -> float:
         """0.0 when a request may start now (the slot is taken), else seconds to wait."""
 
-    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
-        """The slot ``turn`` just gave was taken by a sender that ``waited`` in line for
-        it (else it came and found the slot due), with ``spare`` others still in line;
-        events had waited for a sender since ``waiting_since``."""
+    def took(self, now: float, spare: int, waiting_since: float) -> None:
+        """The slot ``turn`` just gave was taken, with ``spare`` other senders still in
+        line for one; events had waited for a sender since ``waiting_since``."""
 
     def paused_until(self) -> float:
         """The monotonic time before which no request may start (0: not paused)."""
@@ -228,7 +227,7 @@ class LocalPacer:
         self._starts.append(now)
         return 0.0
 
-    def took(self, now: float, waited: bool, spare: int, waiting_since: float) -> None:
+    def took(self, now: float, spare: int, waiting_since: float) -> None:
         if not self._granted:  # unpaced, or a slot another pacer gave (a fleet fallback)
             return
         self._granted = False
@@ -338,7 +337,7 @@ class Turns:
         if not line:
             now = clock.monotonic()
             if pacer.turn(now) <= 0:
-                pacer.took(now, False, 0, waiting_since)  # nobody was waiting for it
+                pacer.took(now, 0, waiting_since)
                 return True
         me = threading.Condition(self._lock)
         line.append(me)
@@ -350,7 +349,7 @@ class Turns:
                 now = clock.monotonic()
                 wait = pacer.turn(now)
                 if wait <= 0:
-                    pacer.took(now, True, len(line) - 1, waiting_since)
+                    pacer.took(now, len(line) - 1, waiting_since)
                     return True
                 if pacer.wants_refill():
                     self._lock.release()
