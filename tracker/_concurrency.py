@@ -12,7 +12,7 @@ what the pacer sees, a window at a time:
 
 - **a shortfall adds senders**: while events waited for the whole window, slots that
   started later than planned (the planned intervals add up to less than the window) left
-  the rate unserved; past ``LOSS_GROW`` of the window, senders are added in proportion.
+  the rate unserved; past ``SHORTFALL_GROW`` of the window, senders are added in proportion.
   (Some shortfalls more senders do not cure, a sender waking late for the GIL say: then
   the count climbs to the most, Little's law on the mean, and stays.)
 - **no shortfall takes one away**, or the senders that stood spare in line at every
@@ -36,8 +36,8 @@ RECENT_LATENCIES = 32  # round trips the shortest recent one is taken from
 WINDOW = 0.5  # seconds a window lasts at least...
 WINDOW_ROUND_TRIPS = 2.0  # ...and at least this many (mean) round trips
 WINDOW_SLOTS = 10  # slots a window must hold before spare senders go
-LOSS_GROW = 0.02  # a shortfall, as a share of a window, that adds senders
-LOSS_SHRINK = 0.005  # the largest shortfall after which senders may go
+SHORTFALL_GROW = 0.02  # a shortfall, as a share of a window, that adds senders
+SHORTFALL_SHRINK = 0.005  # the largest shortfall after which senders may go
 SHRINK_HOLD = 5.0  # seconds after adding senders before any may go
 
 
@@ -116,10 +116,14 @@ class Concurrency:
         # Demand that let the store run empty says nothing against the count.
         backlog = self._waiting_from <= self._from
         shortfall = max(0.0, span - self._planned) / span if backlog else 0.0
-        if shortfall > LOSS_GROW:
+        if shortfall > SHORTFALL_GROW:
             wanted = max(current + 1, math.ceil(current * (1.0 + 2.0 * shortfall)))
             self._hold_until = now + SHRINK_HOLD
-        elif shortfall <= LOSS_SHRINK and self._slots >= WINDOW_SLOTS and now >= self._hold_until:
+        elif (
+            shortfall <= SHORTFALL_SHRINK
+            and self._slots >= WINDOW_SLOTS
+            and now >= self._hold_until
+        ):
             wanted = current - max(1, int(min(self._spare, current)))
         else:
             return
