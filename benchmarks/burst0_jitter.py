@@ -65,9 +65,8 @@ def _run(args: argparse.Namespace, nginx_class: Any, binary: str) -> None:
         )
         nginx.start()
         try:
-            if args.nice is not None:
-                for pid in _pids(nginx.directory / "nginx.pid"):
-                    os.setpriority(os.PRIO_PROCESS, pid, args.nice)
+            if args.nice is not None:  # one process: the harness runs no master
+                os.setpriority(os.PRIO_PROCESS, nginx.process.pid, args.nice)
             before = _cpu()
             with mock.patch.object(_pacing.LocalPacer, "written", record):
                 tracker = our_tracker(nginx.url, **options)
@@ -122,15 +121,6 @@ def _run(args: argparse.Namespace, nginx_class: Any, binary: str) -> None:
                 f"    {records[j].status}: left {gap_here:5.1f} ms after the one before, "
                 f"stamped {gap_there:3.0f} ms after it, lag {lag:4.1f} ms"
             )
-
-
-def _pids(pid_file: Path) -> list[int]:
-    """nginx's master and its worker (the worker is the master's child)."""
-    master = int(pid_file.read_text().split()[0])
-    children = subprocess.run(
-        ["pgrep", "-P", str(master)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return [master, *(int(pid) for pid in children)]
 
 
 def _retry_after(value: str) -> Optional[int]:
