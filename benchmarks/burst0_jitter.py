@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Optional
 from unittest import mock
 
-from benchmarks._common import ServerProcess, our_tracker, track_many
+from benchmarks._common import ServerProcess, Settings, our_tracker, track_many
+from benchmarks.cases.limiters import LIMIT, nginx_harness
 from tracker import _pacing
 
 SPIN = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
@@ -56,7 +57,7 @@ def _run(args: argparse.Namespace, nginx_class: Any, binary: str) -> None:
         nginx = nginx_class(
             binary,
             Path(tempfile.mkdtemp()),
-            rate=200,
+            rate=LIMIT,
             burst=0,
             nodelay=True,
             retry_after=args.retry_after,
@@ -100,7 +101,7 @@ def _run(args: argparse.Namespace, nginx_class: Any, binary: str) -> None:
     close = [
         i
         for i in range(1, len(departures))
-        if departures[i] - departures[i - 1] < 1 / 200
+        if departures[i] - departures[i - 1] < 1 / LIMIT
         and records[i - 1].status != 429
         and records[i].arrived - records[0].arrived > 1.0
     ]
@@ -130,7 +131,7 @@ def _retry_after(value: str) -> Optional[int]:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.burst0_jitter")
     parser.add_argument("--latency", type=float, default=0.15, help="seconds (default 0.15)")
-    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=Settings.limiter_events)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--retry-after", type=_retry_after, default=1, help="1 or none")
     parser.add_argument("--rate-limit", type=float, default=None)
@@ -138,20 +139,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--spin", action="store_true", help="idle-class spinners on 2 CPUs")
     args = parser.parse_args(argv)
     try:
-        from tests._nginx import INSTALL_HINT, Nginx, find_nginx  # noqa: PLC0415
-    except ImportError as exc:
-        print(f"needs tests/_nginx.py and pytest ('.[dev]'): {exc}", file=sys.stderr)
-        return 2
-    binary = find_nginx()
-    if binary is None:
-        print(INSTALL_HINT, file=sys.stderr)
+        nginx_class, binary = nginx_harness()
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
         return 2
     spinners = [
         subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(2 if args.spin else 0)
     ]
     try:
         for _ in range(args.runs):
-            _run(args, Nginx, binary)
+            _run(args, nginx_class, binary)
     finally:
         for spinner in spinners:
             spinner.kill()

@@ -152,7 +152,7 @@ def _cell_nginx(
     return result
 
 
-def _nginx_harness() -> tuple[Any, str]:
+def nginx_harness() -> tuple[Any, str]:
     try:
         from tests._nginx import INSTALL_HINT, Nginx, find_nginx  # noqa: PLC0415
     except ImportError as exc:
@@ -183,7 +183,7 @@ def _figures(result: dict[str, float], n: int) -> dict[str, float]:
 def _run_cells(
     settings: Settings, kinds: list[Kind]
 ) -> dict[tuple[str, int], list[dict[str, float]]]:
-    nginx_class, binary = _nginx_harness()
+    nginx_class, binary = nginx_harness()
     n = settings.limiter_events
     cells: dict[tuple[str, int], list[dict[str, float]]] = {}
     root = Path(tempfile.mkdtemp(prefix="px-bench-nginx-"))
