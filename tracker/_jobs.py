@@ -48,8 +48,9 @@ class Job:
         self.last_status: Optional[int] = None
         self.last_message: Optional[str] = None
         # Since when events have waited for a sender, as of this one's taking: the store
-        # was never empty since then (for the pacer: time a slot went by unused while
-        # events waited is lost, not idle). A retry waited since it came due.
+        # was never empty since then (for the pacer: a shortfall of the planned rate
+        # while events waited calls for more senders; one while the store ran empty says
+        # nothing). A retry waited since it came due.
         self.waiting_since = math.inf
 
 
